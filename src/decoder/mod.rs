@@ -1,0 +1,329 @@
+//! The downsample-and-quantize decoder: one pixel per grid cell, a clean palette, crisp alpha.
+//!
+//! It is the last stage of every restorer in the engine. Given a grid (from
+//! [`crate::grid`]), it:
+//! 1. reduces each cell to one colour by a robust statistic of its interior
+//!    ([`reduce_cells`]): only pixels whose centres lie at least [`CELL_MARGIN`] of the cell
+//!    size inside the cell are used (soft edges and wobbling lines stay out), weighted by a
+//!    tent that favours the centre, and each OKLab channel and alpha is the weighted median
+//!    (outliers from noise and JPEG ringing do not move a median);
+//! 2. snaps the colours of the opaque cells to a palette ([`crate::palette`]): chosen
+//!    automatically by clustering in OKLab, limited to N colours, or given by the user;
+//! 3. binarises alpha at a threshold (or keeps the levels), optionally turns a flat
+//!    background into transparency and optionally removes isolated stray pixels.
+
+use crate::colour::{oklab_to_srgb8, srgb8_to_oklab, Oklab};
+use crate::grid::Grid;
+use crate::palette::{auto_palette, snap_to_palette, AutoPaletteOptions, Palette};
+use image::{Rgba, RgbaImage};
+
+/// Share of a cell's size, on each side, left out of its interior.
+pub const CELL_MARGIN: f32 = 0.2;
+/// Interiors larger than this many pixels are subsampled on a regular lattice: the median
+/// of a few dozen pixels is as good as that of hundreds, at a fraction of the cost.
+const MAX_SAMPLES_PER_CELL: usize = 96;
+
+/// The robust colour and alpha of every cell, row-major.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CellColours {
+    pub cols: u32,
+    pub rows: u32,
+    pub colour: Vec<Oklab>,
+    /// Alpha in 0-255.
+    pub alpha: Vec<f32>,
+}
+
+/// How the palette is chosen.
+#[derive(Clone, Debug)]
+pub enum PaletteChoice {
+    /// Clustered from the image.
+    Auto(AutoPaletteOptions),
+    /// The user's palette: every opaque pixel becomes its nearest colour.
+    Fixed(Palette),
+}
+
+/// How alpha is output.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum AlphaMode {
+    /// Opaque where the cell's alpha is at least the threshold, transparent elsewhere.
+    Binary { threshold: u8 },
+    /// The cell's alpha as it is (colour is still snapped where alpha is above zero).
+    Keep,
+}
+
+/// Decoder settings.
+#[derive(Clone, Debug)]
+pub struct DecodeOptions {
+    pub palette: PaletteChoice,
+    pub alpha: AlphaMode,
+    /// Turn the flat colour that touches the border into transparency.
+    pub remove_background: bool,
+    /// Replace pixels that differ from all four neighbours, which agree among themselves.
+    pub remove_strays: bool,
+}
+
+impl Default for DecodeOptions {
+    fn default() -> Self {
+        Self {
+            palette: PaletteChoice::Auto(AutoPaletteOptions::default()),
+            alpha: AlphaMode::Binary { threshold: 128 },
+            remove_background: false,
+            remove_strays: false,
+        }
+    }
+}
+
+/// The decoder's result: the sprite and the palette it uses.
+#[derive(Clone, Debug)]
+pub struct Decoded {
+    pub image: RgbaImage,
+    pub palette: Vec<[u8; 3]>,
+}
+
+/// The interior pixel range of a cell along one axis, and each pixel's tent weight.
+fn interior(lo: f32, hi: f32, len: u32) -> (u32, u32, f32, f32) {
+    let size = hi - lo;
+    let margin = CELL_MARGIN * size;
+    // Pixel i's centre is i + 0.5; keep those inside [lo + margin, hi - margin].
+    let mut first = (lo + margin - 0.5).ceil().max(0.0) as u32;
+    let mut last = ((hi - margin - 0.5).floor() as i64).min(i64::from(len) - 1);
+    if last < i64::from(first) {
+        // The cell is too thin for an interior: use the pixel under its centre.
+        let c = ((lo + hi) / 2.0).floor().clamp(0.0, (len - 1) as f32) as u32;
+        first = c;
+        last = i64::from(c);
+    }
+    (first, last.max(0) as u32, (lo + hi) / 2.0, (size / 2.0).max(0.5))
+}
+
+/// Reduces every cell of `img` under `grid` to one colour and alpha.
+pub fn reduce_cells(img: &RgbaImage, grid: &Grid) -> CellColours {
+    let (cols, rows) = (grid.cols(), grid.rows());
+    let n = (cols * rows) as usize;
+    let mut colour = Vec::with_capacity(n);
+    let mut alpha = Vec::with_capacity(n);
+    let xs: Vec<_> = grid.x_lines.windows(2).map(|w| interior(w[0], w[1], img.width())).collect();
+    let ys: Vec<_> = grid.y_lines.windows(2).map(|w| interior(w[0], w[1], img.height())).collect();
+    let mut samples: Vec<(Oklab, f32, f32)> = Vec::with_capacity(MAX_SAMPLES_PER_CELL * 2);
+    for &(y0, y1, cy, hy) in &ys {
+        for &(x0, x1, cx, hx) in &xs {
+            samples.clear();
+            let count = ((x1 - x0 + 1) * (y1 - y0 + 1)) as usize;
+            let stride = ((count as f32 / MAX_SAMPLES_PER_CELL as f32).sqrt().ceil() as u32).max(1);
+            for y in (y0..=y1).step_by(stride as usize) {
+                let wy = 1.0 - 0.5 * ((y as f32 + 0.5 - cy) / hy).abs().min(1.0);
+                for x in (x0..=x1).step_by(stride as usize) {
+                    let wx = 1.0 - 0.5 * ((x as f32 + 0.5 - cx) / hx).abs().min(1.0);
+                    let p = img.get_pixel(x, y).0;
+                    samples.push((srgb8_to_oklab([p[0], p[1], p[2]]), f32::from(p[3]), wx * wy));
+                }
+            }
+            let (c, a) = robust_colour(&mut samples);
+            colour.push(c);
+            alpha.push(a);
+        }
+    }
+    CellColours { cols, rows, colour, alpha }
+}
+
+/// Weighted medians of alpha, and of each OKLab channel over the pixels at least half
+/// opaque (all pixels when none is), so a transparent pixel's colour never leaks in.
+fn robust_colour(samples: &mut [(Oklab, f32, f32)]) -> (Oklab, f32) {
+    let mut keyed: Vec<(f32, f32)> = samples.iter().map(|s| (s.1, s.2)).collect();
+    let alpha = weighted_median(&mut keyed);
+    let opaque: Vec<&(Oklab, f32, f32)> = samples.iter().filter(|s| s.1 >= 128.0).collect();
+    let pool: Vec<&(Oklab, f32, f32)> = if opaque.is_empty() { samples.iter().collect() } else { opaque };
+    let mut channel = |f: fn(&Oklab) -> f32| {
+        keyed.clear();
+        keyed.extend(pool.iter().map(|s| (f(&s.0), s.2)));
+        weighted_median(&mut keyed)
+    };
+    let l = channel(|c| c.l);
+    let a = channel(|c| c.a);
+    let b = channel(|c| c.b);
+    (Oklab { l, a, b }, alpha)
+}
+
+/// The lower weighted median of (value, weight) pairs.
+pub fn weighted_median(values: &mut [(f32, f32)]) -> f32 {
+    if values.is_empty() {
+        return 0.0;
+    }
+    values.sort_unstable_by(|x, y| x.0.total_cmp(&y.0));
+    let half = values.iter().map(|v| v.1).sum::<f32>() / 2.0;
+    let mut acc = 0.0;
+    for &(v, w) in values.iter() {
+        acc += w;
+        if acc >= half {
+            return v;
+        }
+    }
+    values[values.len() - 1].0
+}
+
+/// Turns reduced cells into the final sprite.
+pub fn decode(cells: &CellColours, opts: &DecodeOptions) -> Decoded {
+    let n = cells.colour.len();
+    let visible: Vec<bool> = cells
+        .alpha
+        .iter()
+        .map(|&a| match opts.alpha {
+            AlphaMode::Binary { threshold } => a >= f32::from(threshold),
+            AlphaMode::Keep => a > 0.0,
+        })
+        .collect();
+    let visible_idx: Vec<usize> = (0..n).filter(|&i| visible[i]).collect();
+    let samples: Vec<Oklab> = visible_idx.iter().map(|&i| cells.colour[i]).collect();
+    let (palette, assignment) = match &opts.palette {
+        PaletteChoice::Auto(auto) => auto_palette(&samples, &vec![1.0; samples.len()], auto),
+        PaletteChoice::Fixed(p) => {
+            let a = snap_to_palette(&samples, p);
+            (p.clone(), a)
+        }
+    };
+    // Palette index of every cell; None where transparent.
+    let mut index: Vec<Option<usize>> = vec![None; n];
+    for (&i, &k) in visible_idx.iter().zip(&assignment) {
+        index[i] = Some(k);
+    }
+    if opts.remove_strays {
+        remove_strays(&mut index, cells.cols as usize, cells.rows as usize);
+    }
+    if opts.remove_background {
+        remove_background(&mut index, cells.cols as usize, cells.rows as usize);
+    }
+    let image = RgbaImage::from_fn(cells.cols, cells.rows, |x, y| {
+        let i = (y * cells.cols + x) as usize;
+        match index[i] {
+            None => Rgba([0, 0, 0, 0]),
+            Some(k) => {
+                let [r, g, b] = palette.colours[k];
+                let a = match opts.alpha {
+                    AlphaMode::Binary { .. } => 255,
+                    AlphaMode::Keep => cells.alpha[i].round().clamp(0.0, 255.0) as u8,
+                };
+                Rgba([r, g, b, a])
+            }
+        }
+    });
+    let used: Vec<[u8; 3]> = {
+        let mut seen = vec![false; palette.colours.len()];
+        index.iter().flatten().for_each(|&k| seen[k] = true);
+        palette.colours.iter().zip(&seen).filter(|(_, &s)| s).map(|(c, _)| *c).collect()
+    };
+    Decoded { image, palette: used }
+}
+
+/// The colour a cell would have without palette snapping, as 8-bit sRGB.
+pub fn cell_srgb(cells: &CellColours, i: usize) -> [u8; 3] {
+    oklab_to_srgb8(cells.colour[i])
+}
+
+fn neighbours(i: usize, cols: usize, rows: usize) -> impl Iterator<Item = usize> {
+    let (x, y) = (i % cols, i / cols);
+    [(0isize, -1isize), (-1, 0), (1, 0), (0, 1)].into_iter().filter_map(move |(dx, dy)| {
+        let (nx, ny) = (x as isize + dx, y as isize + dy);
+        (nx >= 0 && ny >= 0 && (nx as usize) < cols && (ny as usize) < rows).then(|| ny as usize * cols + nx as usize)
+    })
+}
+
+/// A stray is a pixel unlike each of its four neighbours while they all agree: it becomes
+/// their colour. Decided on the input state, so the result does not depend on scan order.
+fn remove_strays(index: &mut [Option<usize>], cols: usize, rows: usize) {
+    let before = index.to_vec();
+    for i in 0..before.len() {
+        let ns: Vec<Option<usize>> = neighbours(i, cols, rows).map(|j| before[j]).collect();
+        if ns.len() == 4 && ns.iter().all(|&v| v == ns[0]) && ns[0] != before[i] {
+            index[i] = ns[0];
+        }
+    }
+}
+
+/// The background is the colour of most border cells, if it covers at least half of the
+/// border; it is flood-filled from the border (4-connected) so the same colour inside the
+/// sprite stays.
+fn remove_background(index: &mut [Option<usize>], cols: usize, rows: usize) {
+    let border: Vec<usize> = (0..index.len())
+        .filter(|&i| i % cols == 0 || i % cols == cols - 1 || i / cols == 0 || i / cols == rows - 1)
+        .collect();
+    let mut counts = std::collections::HashMap::new();
+    for &i in &border {
+        if let Some(k) = index[i] {
+            *counts.entry(k).or_insert(0usize) += 1;
+        }
+    }
+    let Some((&bg, &count)) = counts.iter().max_by_key(|(&k, &c)| (c, std::cmp::Reverse(k))) else { return };
+    if count * 2 < border.len() {
+        return;
+    }
+    let mut stack: Vec<usize> = border.into_iter().filter(|&i| index[i] == Some(bg)).collect();
+    while let Some(i) = stack.pop() {
+        if index[i] != Some(bg) {
+            continue;
+        }
+        index[i] = None;
+        stack.extend(neighbours(i, cols, rows).filter(|&j| index[j] == Some(bg)));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn grid_for(cols: u32, rows: u32, scale: f32) -> Grid {
+        Grid {
+            x_lines: (0..=cols).map(|i| i as f32 * scale).collect(),
+            y_lines: (0..=rows).map(|i| i as f32 * scale).collect(),
+            cell_width: scale,
+            cell_height: scale,
+            phase_x: 0.0,
+            phase_y: 0.0,
+            confidence_x: 1.0,
+            confidence_y: 1.0,
+        }
+    }
+
+    #[test]
+    fn weighted_median_resists_outliers() {
+        let mut v = vec![(1.0, 1.0), (1.1, 1.0), (0.9, 1.0), (100.0, 1.0), (-50.0, 0.5)];
+        let m = weighted_median(&mut v);
+        assert!((0.9..=1.1).contains(&m), "{m}");
+    }
+
+    #[test]
+    fn soft_edges_do_not_leak_into_cells() {
+        // Two 10-px cells, red and blue, with a 4-px blend across the boundary.
+        let img = RgbaImage::from_fn(20, 10, |x, _| {
+            let t = ((x as f32 + 0.5 - 8.0) / 4.0).clamp(0.0, 1.0);
+            Rgba([(255.0 * (1.0 - t)) as u8, 0, (255.0 * t) as u8, 255])
+        });
+        let cells = reduce_cells(&img, &grid_for(2, 1, 10.0));
+        assert_eq!(cell_srgb(&cells, 0), [255, 0, 0]);
+        assert_eq!(cell_srgb(&cells, 1), [0, 0, 255]);
+    }
+
+    #[test]
+    fn decode_binarises_alpha_and_removes_background_by_flood_fill() {
+        // 5x5 cells: white background around a black ring with white inside.
+        let art = |x: u32, y: u32| -> [u8; 4] {
+            let ring = (1..=3).contains(&x) && (1..=3).contains(&y) && !(x == 2 && y == 2);
+            if ring { [0, 0, 0, 255] } else { [255, 255, 255, 255] }
+        };
+        let img = RgbaImage::from_fn(20, 20, |x, y| Rgba(art(x / 4, y / 4)));
+        let cells = reduce_cells(&img, &grid_for(5, 5, 4.0));
+        let opts = DecodeOptions { remove_background: true, ..Default::default() };
+        let out = decode(&cells, &opts).image;
+        assert_eq!(out.get_pixel(0, 0).0[3], 0, "border background removed");
+        assert_eq!(out.get_pixel(2, 2).0, [255, 255, 255, 255], "enclosed white stays");
+        assert_eq!(out.get_pixel(1, 1).0, [0, 0, 0, 255]);
+    }
+
+    #[test]
+    fn strays_are_removed_only_when_asked() {
+        let img = RgbaImage::from_fn(9, 9, |x, y| if x / 3 == 1 && y / 3 == 1 { Rgba([255, 0, 0, 255]) } else { Rgba([0, 0, 255, 255]) });
+        let cells = reduce_cells(&img, &grid_for(3, 3, 3.0));
+        assert_eq!(decode(&cells, &DecodeOptions::default()).image.get_pixel(1, 1).0, [255, 0, 0, 255]);
+        let opts = DecodeOptions { remove_strays: true, ..Default::default() };
+        assert_eq!(decode(&cells, &opts).image.get_pixel(1, 1).0, [0, 0, 255, 255]);
+    }
+}

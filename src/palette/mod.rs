@@ -1,0 +1,185 @@
+//! Palettes: reading palette files, choosing a palette for a set of colours, and snapping
+//! colours to a palette.
+//!
+//! The snap restorer reduces each grid cell of a degraded image to one OKLab colour, then
+//! calls [`auto_palette`] (or [`snap_to_palette`] with a user's palette) to give every cell
+//! one colour of a small clean palette. All distances are Euclidean in OKLab (see
+//! [`crate::colour`]): 1.0 is black to white, a just-noticeable difference is about 0.02.
+//!
+//! # Palette files ([`Palette::from_file`])
+//!
+//! | format | recognised by | content |
+//! |---|---|---|
+//! | Lospec `.hex` | extension `.hex`, or any other text file | one `RRGGBB` or `#RRGGBB` per line, hex digits in either case; blank lines and comments (`;`, `//`, or `#` followed by a space or nothing) are skipped; a comment may follow the colour on its line |
+//! | GIMP `.gpl` | first line `GIMP Palette`, or extension `.gpl` | header fields (`Name: ...`, `Columns: ...`), `#` comments, blank lines, then `R G B [name]` lines, decimal 0-255 |
+//! | JASC `.pal` | first line `JASC-PAL`, or extension `.pal` | `JASC-PAL`, `0100`, the colour count, then that many `R G B` lines, decimal 0-255; blank lines are skipped |
+//! | image | extension `.png`, `.gif`, `.bmp`, `.webp`, `.jpg`/`.jpeg`, or any file that is not UTF-8 text | the distinct pixels with alpha >= 128, in order of first appearance (row by row); at most [`MAX_IMAGE_PALETTE_COLOURS`] |
+//!
+//! A colour listed twice keeps its first position only, so a palette never holds duplicates
+//! and snapping a palette's own colours returns their indices. A file with no colours is an
+//! error. Every error names the file, and for text formats the line, and says what was
+//! expected.
+//!
+//! # Choosing a palette ([`auto_palette`])
+//!
+//! Input: one OKLab colour per cell with a weight (pixel count or confidence). Each true
+//! palette colour shows up as a cloud of cell colours (drift, noise, JPEG; spread ~0.01-0.03),
+//! soft edges add a few in-between colours, and small accents (a one-cell eye highlight) are
+//! real colours that must survive. The steps:
+//!
+//! 1. **Exact duplicates.** Samples are grouped by their rounded sRGB8 colour; each group is
+//!    one weighted point (its colour the weighted mean of its samples). Clean art collapses to
+//!    a handful of points here.
+//! 2. **Seeds.** When there are more than 4,096 points, points are pooled in a grid of cubes
+//!    with edge `merge_distance / 2` (diagonal 0.87 x `merge_distance`, so a cube only pools
+//!    colours that would merge anyway), doubling the edge until at most 4,096 cubes are used.
+//! 3. **Near-duplicate merging.** Centroid linkage: the closest pair of clusters (distance
+//!    between weighted means) merges while it is closer than `merge_distance`, closest first.
+//!    A grid with `merge_distance` cells means each step only looks at neighbouring clusters.
+//! 4. **Noise absorption.** The same closest-first merging with a wider reach for fragments:
+//!    a cluster at most half as heavy as its neighbour merges into it while it lies within
+//!    2.5 x the neighbour's RMS spread (capped at 2 x `merge_distance`). This takes in the
+//!    tail of a noise cloud, whose outer samples can lie 0.05-0.07 from the cloud's centre at
+//!    a noise sigma of 0.015, without ever merging a far accent: the reach never exceeds
+//!    2 x `merge_distance`, and weight alone never merges anything.
+//! 5. **Refinement.** Weighted Lloyd (k-means) passes over the points (at most 3, stopping
+//!    when no point changes cluster), then steps 4-5 once more with the refined clusters'
+//!    true spreads.
+//! 6. **Result.** Each cluster's colour is its weighted mean, rounded to sRGB8 with
+//!    [`oklab_to_srgb8`]; colours that round to the same sRGB8 are one. Each sample is
+//!    assigned the nearest palette colour in OKLab, so the assignments are exactly
+//!    `snap_to_palette(samples, &palette)`. Colours no sample is nearest to are dropped. The
+//!    palette is ordered by assigned weight, heaviest first (ties by colour).
+//!
+//! With `max_colours = Some(N)`, steps 3-4 instead keep merging the closest pair (by the
+//! same score, so noise fragments go first and far accents last) until N clusters remain,
+//! ignoring the threshold; the palette then has exactly `min(N, D)` colours, D being the
+//! number of distinct sRGB8 colours among the samples. When D <= N the palette is those D
+//! colours. Rare collisions (two clusters rounding to one sRGB8 colour) are filled back by
+//! adding the sample colour farthest from the palette.
+//!
+//! Defaults ([`AutoPaletteOptions::default`]): `merge_distance` = [`DEFAULT_MERGE_DISTANCE`]
+//! = 0.04 OKLab (about two just-noticeable differences: noise and JPEG shifts of a colour
+//! stay below it, while pixel-art ramps step by 0.05 or more), `max_colours` = `None`.
+//!
+//! Weights: non-finite or negative weights count as 0; every sample also weighs at least
+//! 1e-6, so a zero-weight sample still has a colour and may still be an accent. Weights
+//! decide where a cluster's colour lies and which cluster is a fragment of which; distance
+//! alone decides whether a far colour is kept. Non-finite sample components are read as 0.
+//!
+//! Everything is deterministic (no randomness; ties go to the lower index). Measured on one
+//! core in release: see the `timing` test in `cluster.rs`.
+
+mod cluster;
+mod parse;
+
+pub use cluster::{auto_palette, AutoPaletteOptions, DEFAULT_MERGE_DISTANCE};
+pub use parse::{PaletteError, PaletteFormat, MAX_IMAGE_PALETTE_COLOURS};
+
+use crate::colour::{oklab_to_srgb8, srgb8_to_oklab, Oklab};
+
+/// A palette of sRGB8 colours, without duplicates when it comes from [`Palette::from_file`]
+/// or [`auto_palette`].
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Palette {
+    pub colours: Vec<[u8; 3]>,
+}
+
+impl Palette {
+    /// The palette's colours in OKLab, in the same order. Convert once when snapping many
+    /// colours: [`Palette::nearest`] converts on every call.
+    pub fn oklab(&self) -> Vec<Oklab> {
+        self.colours.iter().map(|&c| srgb8_to_oklab(c)).collect()
+    }
+
+    /// Index of the colour nearest to `c` in OKLab (the lowest index on a tie).
+    ///
+    /// # Panics
+    /// If the palette is empty.
+    pub fn nearest(&self, c: Oklab) -> usize {
+        nearest_index(&self.oklab(), c)
+    }
+
+    /// The palette in Lospec `.hex` form: one lowercase `rrggbb` per line.
+    pub fn to_hex(&self) -> String {
+        self.colours.iter().map(|[r, g, b]| format!("{r:02x}{g:02x}{b:02x}\n")).collect()
+    }
+}
+
+/// Snaps samples to a given palette: for each sample, the index of the nearest palette
+/// colour in OKLab (the lowest index on a tie). Non-finite components are read as 0.
+///
+/// # Panics
+/// If `samples` is not empty and the palette is empty.
+pub fn snap_to_palette(samples: &[Oklab], palette: &Palette) -> Vec<usize> {
+    let lab = palette.oklab();
+    samples.iter().map(|&s| nearest_index(&lab, s)).collect()
+}
+
+/// Index of the entry of `palette` nearest to `c` (the lowest index on a tie); non-finite
+/// components of `c` are read as 0.
+fn nearest_index(palette: &[Oklab], c: Oklab) -> usize {
+    assert!(!palette.is_empty(), "cannot snap a colour to an empty palette");
+    closest(palette, finite_or_zero(c))
+}
+
+/// Index of the entry of `colours` nearest to `c` (the lowest index on a tie; 0 when empty).
+fn closest(colours: &[Oklab], c: Oklab) -> usize {
+    let mut best = (f32::INFINITY, 0);
+    for (i, p) in colours.iter().enumerate() {
+        let d2 = c.dist2(*p);
+        if d2 < best.0 {
+            best = (d2, i);
+        }
+    }
+    best.1
+}
+
+/// `c` with non-finite components replaced by 0, so one bad sample cannot poison sums.
+fn finite_or_zero(c: Oklab) -> Oklab {
+    let f = |v: f32| if v.is_finite() { v } else { 0.0 };
+    Oklab { l: f(c.l), a: f(c.a), b: f(c.b) }
+}
+
+/// The sRGB8 colour `c` rounds to, through [`oklab_to_srgb8`] after [`finite_or_zero`].
+fn rounded_srgb8(c: Oklab) -> [u8; 3] {
+    oklab_to_srgb8(finite_or_zero(c))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn nearest_picks_the_closest_colour_and_the_lowest_index_on_ties() {
+        let palette = Palette { colours: vec![[0, 0, 0], [255, 255, 255], [255, 0, 0], [255, 0, 0]] };
+        assert_eq!(palette.nearest(srgb8_to_oklab([20, 20, 20])), 0);
+        assert_eq!(palette.nearest(srgb8_to_oklab([230, 240, 235])), 1);
+        assert_eq!(palette.nearest(srgb8_to_oklab([200, 30, 20])), 2, "the duplicate red at 3 loses the tie");
+        assert_eq!(palette.nearest(Oklab { l: f32::NAN, a: 0.0, b: 0.0 }), 0, "NaN reads as black");
+        let samples: Vec<Oklab> = [[1, 1, 1], [254, 0, 3], [250, 250, 250]].map(srgb8_to_oklab).to_vec();
+        assert_eq!(snap_to_palette(&samples, &palette), vec![0, 2, 1]);
+    }
+
+    #[test]
+    fn hex_output_is_lowercase_rrggbb_lines() {
+        let palette = Palette { colours: vec![[0xAB, 0x00, 0x10], [255, 255, 255]] };
+        assert_eq!(palette.to_hex(), "ab0010\nffffff\n");
+    }
+
+    fn distinct_colours() -> impl Strategy<Value = Vec<[u8; 3]>> {
+        proptest::collection::btree_set(any::<[u8; 3]>(), 1..40).prop_map(|s| s.into_iter().collect())
+    }
+
+    proptest! {
+        // A palette without duplicates snaps its own colours to themselves.
+        #[test]
+        fn snapping_a_palettes_own_colours_is_the_identity(colours in distinct_colours()) {
+            let palette = Palette { colours };
+            let own = palette.oklab();
+            let expected: Vec<usize> = (0..own.len()).collect();
+            prop_assert_eq!(snap_to_palette(&own, &palette), expected);
+        }
+    }
+}

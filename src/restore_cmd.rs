@@ -1,0 +1,196 @@
+//! `spritedx restore`: batch restoration with a progress bar, a summary and a report.
+
+use crate::progress_bar;
+use anyhow::{bail, Context, Result};
+use image::imageops;
+use rayon::prelude::*;
+use serde::Serialize;
+use spritedx::batch::{expand_inputs, plan_outputs, preview_path};
+use spritedx::decoder::{AlphaMode, DecodeOptions, PaletteChoice};
+use spritedx::grid::GridOptions;
+use spritedx::io::{load_rgba_with, save_png_atomic, ReadLimits, DEFAULT_MAX_PIXELS};
+use spritedx::palette::{AutoPaletteOptions, Palette};
+use spritedx::snap::{restore, SnapOptions};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Instant;
+
+#[derive(clap::Args)]
+pub struct RestoreArgs {
+    /// Input images: files, folders (their images) or glob patterns.
+    #[arg(required = true)]
+    inputs: Vec<String>,
+    /// Output: a .png file for a single input, otherwise a folder (created if missing).
+    #[arg(short, long)]
+    output: PathBuf,
+    /// Restorer to use.
+    #[arg(long, default_value = "snap", value_parser = ["snap"])]
+    model: String,
+    /// Also write an N-times nearest-neighbour upscale beside each output.
+    #[arg(long, value_name = "N")]
+    preview: Option<u32>,
+    /// Write a JSON report: per image the grid, confidence, palette, time or error.
+    #[arg(long, value_name = "FILE.json")]
+    report: Option<PathBuf>,
+    /// Known cell size in screen pixels: W or WxH (fractions allowed).
+    #[arg(long, value_name = "W[xH]", value_parser = parse_cell_size)]
+    cell_size: Option<(f32, f32)>,
+    /// Known number of cells: COLSxROWS.
+    #[arg(long, value_name = "COLSxROWS", value_parser = parse_cells, conflicts_with = "cell_size")]
+    grid: Option<(u32, u32)>,
+    /// Known grid phase: screen position X,Y of a grid line.
+    #[arg(long, value_name = "X,Y", value_parser = parse_offset)]
+    offset: Option<(f32, f32)>,
+    /// Use at most N colours.
+    #[arg(long, value_name = "N", conflicts_with = "palette")]
+    colors: Option<usize>,
+    /// Snap to this palette: Lospec .hex, GIMP .gpl, JASC .pal, or an image of the colours.
+    #[arg(long, value_name = "FILE")]
+    palette: Option<PathBuf>,
+    /// Keep alpha levels instead of binarising.
+    #[arg(long)]
+    keep_alpha: bool,
+    /// Alpha at or above this is opaque when binarising.
+    #[arg(long, default_value_t = 128)]
+    alpha_threshold: u8,
+    /// Turn the flat background colour touching the border into transparency.
+    #[arg(long)]
+    remove_background: bool,
+    /// Replace isolated stray pixels by their neighbours' colour.
+    #[arg(long)]
+    remove_strays: bool,
+    /// Refuse images with more pixels than this.
+    #[arg(long, default_value_t = DEFAULT_MAX_PIXELS)]
+    max_pixels: u64,
+    /// Images restored at once (default: all cores).
+    #[arg(long)]
+    jobs: Option<usize>,
+}
+
+/// Parses `A` (meaning `A` on both axes) or `A<sep>B`.
+fn parse_pair<T: std::str::FromStr + Copy>(s: &str, sep: char, what: &str) -> Result<(T, T), String> {
+    let parse = |p: &str| p.trim().parse::<T>().map_err(|_| format!("{s:?} is not {what}"));
+    match s.split(sep).collect::<Vec<_>>().as_slice() {
+        [a] => parse(a).map(|v| (v, v)),
+        [a, b] => Ok((parse(a)?, parse(b)?)),
+        _ => Err(format!("{s:?} is not {what}")),
+    }
+}
+
+fn parse_cell_size(s: &str) -> Result<(f32, f32), String> {
+    parse_pair(s, 'x', "a cell size like 8 or 8x6.5")
+}
+
+fn parse_cells(s: &str) -> Result<(u32, u32), String> {
+    parse_pair(s, 'x', "a cell count like 32x32")
+}
+
+fn parse_offset(s: &str) -> Result<(f32, f32), String> {
+    parse_pair(s, ',', "an offset like 3,1.5")
+}
+
+/// One line of the report.
+#[derive(Serialize)]
+struct ReportEntry {
+    input: PathBuf,
+    output: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    restored: Option<spritedx::snap::Restored>,
+    size: Option<(u32, u32)>,
+    millis: f64,
+    error: Option<String>,
+}
+
+pub fn run(args: RestoreArgs) -> Result<ExitCode> {
+    let opts = snap_options(&args)?;
+    let inputs = expand_inputs(&args.inputs)?;
+    let outputs = plan_outputs(&inputs, &args.output);
+    if let Some(0) = args.preview {
+        bail!("--preview needs a factor of at least 1");
+    }
+    let limits = ReadLimits { max_pixels: args.max_pixels };
+    let bar = progress_bar(inputs.len() as u64, "restore");
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(args.jobs.unwrap_or(0)).build()?;
+    let started = Instant::now();
+    let entries: Vec<ReportEntry> = pool.install(|| {
+        inputs
+            .par_iter()
+            .zip(outputs.into_par_iter())
+            .map(|(input, output)| {
+                let start = Instant::now();
+                let result = output.and_then(|out| {
+                    let img = load_rgba_with(input, limits)?;
+                    let restored = restore(&img, &opts).with_context(|| input.display().to_string())?;
+                    save_png_atomic(&restored.image, &out)?;
+                    if let Some(k) = args.preview {
+                        let (w, h) = restored.image.dimensions();
+                        let big = imageops::resize(&restored.image, w * k, h * k, imageops::FilterType::Nearest);
+                        save_png_atomic(&big, &preview_path(&out, k))?;
+                    }
+                    Ok((out, restored))
+                });
+                let millis = start.elapsed().as_secs_f64() * 1e3;
+                bar.inc(1);
+                match result {
+                    Ok((out, restored)) => ReportEntry {
+                        input: input.clone(),
+                        output: Some(out),
+                        size: Some(restored.image.dimensions()),
+                        restored: Some(restored),
+                        millis,
+                        error: None,
+                    },
+                    Err(e) => {
+                        bar.suspend(|| eprintln!("error: {e:#}"));
+                        ReportEntry { input: input.clone(), output: None, restored: None, size: None, millis, error: Some(format!("{e:#}")) }
+                    }
+                }
+            })
+            .collect()
+    });
+    bar.finish_and_clear();
+    let failed = entries.iter().filter(|e| e.error.is_some()).count();
+    for e in entries.iter().filter(|e| e.error.is_none()) {
+        if let (Some(out), Some(r)) = (&e.output, &e.restored) {
+            println!(
+                "{} -> {} ({}x{} cells of {:.2}x{:.2} px, {} colours, confidence {:.2})",
+                e.input.display(),
+                out.display(),
+                r.grid.cols(),
+                r.grid.rows(),
+                r.grid.cell_width,
+                r.grid.cell_height,
+                r.palette.len(),
+                r.grid.confidence()
+            );
+        }
+    }
+    println!(
+        "restored {} of {} images in {:.2} s{}",
+        entries.len() - failed,
+        entries.len(),
+        started.elapsed().as_secs_f64(),
+        if failed > 0 { format!("; {failed} failed (see the errors above)") } else { String::new() }
+    );
+    if let Some(path) = &args.report {
+        spritedx::pairs::write_json_atomic(path, &entries)?;
+    }
+    Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+fn snap_options(args: &RestoreArgs) -> Result<SnapOptions> {
+    let palette = match (&args.palette, args.colors) {
+        (Some(path), _) => PaletteChoice::Fixed(Palette::from_file(path)?),
+        (None, Some(0)) => bail!("--colors needs at least 1"),
+        (None, n) => PaletteChoice::Auto(AutoPaletteOptions { max_colours: n, ..AutoPaletteOptions::default() }),
+    };
+    Ok(SnapOptions {
+        grid: GridOptions { cell_size: args.cell_size, cells: args.grid, offset: args.offset, ..GridOptions::default() },
+        decode: DecodeOptions {
+            palette,
+            alpha: if args.keep_alpha { AlphaMode::Keep } else { AlphaMode::Binary { threshold: args.alpha_threshold } },
+            remove_background: args.remove_background,
+            remove_strays: args.remove_strays,
+        },
+    })
+}

@@ -1,0 +1,32 @@
+//! The snap restorer: grid analysis followed by the downsample-and-quantize decoder.
+//! The fastest restorer of the engine, and the last stage of every learned one.
+
+use crate::decoder::{decode, reduce_cells, DecodeOptions};
+use crate::grid::{analyse, Grid, GridError, GridOptions};
+use image::RgbaImage;
+use serde::Serialize;
+
+/// Everything the snap restorer can be told.
+#[derive(Clone, Debug, Default)]
+pub struct SnapOptions {
+    pub grid: GridOptions,
+    pub decode: DecodeOptions,
+}
+
+/// A restored sprite, with what was found on the way.
+#[derive(Clone, Debug, Serialize)]
+pub struct Restored {
+    #[serde(skip)]
+    pub image: RgbaImage,
+    pub grid: Grid,
+    /// The colours the sprite uses, as sRGB8.
+    pub palette: Vec<[u8; 3]>,
+}
+
+/// Restores one image with the snap restorer.
+pub fn restore(image: &RgbaImage, opts: &SnapOptions) -> Result<Restored, GridError> {
+    let grid = analyse(image, &opts.grid)?;
+    let cells = reduce_cells(image, &grid);
+    let decoded = decode(&cells, &opts.decode);
+    Ok(Restored { image: decoded.image, grid, palette: decoded.palette })
+}

@@ -1,0 +1,146 @@
+//! Integration tests of the `spritedx` binary on files the tests make.
+
+use image::{Rgba, RgbaImage};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn spritedx(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_spritedx")).args(args).output().expect("the binary runs")
+}
+
+fn text(o: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+}
+
+/// A 16x16 sprite with a transparent margin, a few colours and an outline.
+fn sprite(seed: u32) -> RgbaImage {
+    let colours = [[30u8, 30, 40], [200, 60, 50], [240, 220, 90], [60, 140, 220], [90, 200, 110]];
+    RgbaImage::from_fn(16, 16, |x, y| {
+        if !(2..14).contains(&x) || !(2..14).contains(&y) {
+            return Rgba([0, 0, 0, 0]);
+        }
+        if x == 2 || y == 2 || x == 13 || y == 13 {
+            let [r, g, b] = colours[0];
+            return Rgba([r, g, b, 255]);
+        }
+        let k = (spritedx::rng::splitmix64(u64::from(seed * 1000 + (x / 2) * 17 + (y / 2) * 131)) % 4 + 1) as usize;
+        let [r, g, b] = colours[k];
+        Rgba([r, g, b, 255])
+    })
+}
+
+fn write_sprites(dir: &Path, n: u32) {
+    std::fs::create_dir_all(dir).unwrap();
+    for i in 0..n {
+        sprite(i).save(dir.join(format!("sprite_{i}.png"))).unwrap();
+    }
+}
+
+fn upscale(img: &RgbaImage, k: u32) -> RgbaImage {
+    image::imageops::resize(img, img.width() * k, img.height() * k, image::imageops::FilterType::Nearest)
+}
+
+fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(files_under(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn degrade_is_deterministic_and_eval_scores_the_baseline() {
+    let tmp = tempfile::tempdir().unwrap();
+    let sprites = tmp.path().join("sprites");
+    write_sprites(&sprites, 3);
+    let run = |out: &Path| {
+        let o = spritedx(&[
+            "degrade", "--input", sprites.to_str().unwrap(), "--output", out.to_str().unwrap(),
+            "--per-image", "2", "--preset", "clean,seed,ai", "--seed", "7",
+        ]);
+        assert!(o.status.success(), "{}", text(&o));
+    };
+    let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+    run(&a);
+    run(&b);
+    let manifest = std::fs::read_to_string(a.join("manifest.jsonl")).unwrap();
+    assert_eq!(manifest.lines().count(), 3 * 2 * 3);
+    let (fa, fb) = (files_under(&a), files_under(&b));
+    assert_eq!(fa.len(), 1 + 2 * 18, "manifest + degraded + clean");
+    for (x, y) in fa.iter().zip(&fb) {
+        assert_eq!(std::fs::read(x).unwrap(), std::fs::read(y).unwrap(), "{} differs between runs", x.display());
+    }
+
+    let sheet = tmp.path().join("sheet.png");
+    let json = tmp.path().join("eval.json");
+    let o = spritedx(&[
+        "eval", "--pairs", a.to_str().unwrap(), "--model", "nearest-downscale",
+        "--json", json.to_str().unwrap(), "--sheet", sheet.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let out = text(&o);
+    for preset in ["clean", "seed", "ai"] {
+        assert!(out.contains(&format!("preset {preset}")), "{out}");
+    }
+    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let exact = |preset: &str| {
+        report["aggregates"].as_array().unwrap().iter().find(|a| a["preset"] == preset).unwrap()["exact_rate"]
+            .as_f64()
+            .unwrap()
+    };
+    assert_eq!(exact("clean"), 1.0, "nearest-downscale is exact on clean nearest upscales");
+    assert!(exact("seed") < 1.0, "and not on blurred, noisy ones");
+    let sheet_img = image::open(&sheet).unwrap();
+    assert!(sheet_img.width() > 100 && sheet_img.height() > 100);
+}
+
+#[test]
+fn restore_recovers_a_nearest_upscale_and_keeps_going_past_bad_files() {
+    let tmp = tempfile::tempdir().unwrap();
+    let inputs = tmp.path().join("in");
+    std::fs::create_dir_all(&inputs).unwrap();
+    let clean = sprite(3);
+    upscale(&clean, 5).save(inputs.join("good.png")).unwrap();
+    std::fs::write(inputs.join("broken.png"), b"not a png at all").unwrap();
+    let out = tmp.path().join("out");
+    let report = tmp.path().join("report.json");
+    let o = spritedx(&[
+        "restore", inputs.to_str().unwrap(), "-o", out.to_str().unwrap(), "--preview", "4",
+        "--report", report.to_str().unwrap(),
+    ]);
+    assert!(!o.status.success(), "a bad file makes the exit status non-zero");
+    assert!(text(&o).contains("broken.png"), "{}", text(&o));
+    let restored = image::open(out.join("good.png")).unwrap().to_rgba8();
+    assert_eq!(restored, clean, "5x nearest upscale restores exactly");
+    assert!(out.join("good.preview4x.png").exists());
+    let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+    assert_eq!(r.as_array().unwrap().len(), 2);
+}
+
+#[test]
+fn restore_refuses_to_overwrite_its_input() {
+    let tmp = tempfile::tempdir().unwrap();
+    let input = tmp.path().join("a.png");
+    upscale(&sprite(1), 4).save(&input).unwrap();
+    let before = std::fs::read(&input).unwrap();
+    let o = spritedx(&["restore", input.to_str().unwrap(), "-o", input.to_str().unwrap()]);
+    assert!(!o.status.success());
+    assert!(text(&o).contains("overwrite"), "{}", text(&o));
+    assert_eq!(std::fs::read(&input).unwrap(), before);
+}
+
+#[test]
+fn bad_arguments_fail_with_a_clear_message() {
+    let o = spritedx(&["eval", "--pairs", "/nonexistent/pairs", "--model", "nearest-downscale"]);
+    assert!(!o.status.success());
+    assert!(text(&o).contains("manifest.jsonl"), "{}", text(&o));
+    let o = spritedx(&["eval", "--pairs", ".", "--model", "no-such-model"]);
+    assert!(!o.status.success());
+    assert!(text(&o).contains("unknown model"), "{}", text(&o));
+}
