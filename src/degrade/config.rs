@@ -97,6 +97,9 @@ impl Preset {
                 phase: [0.0, 0.45],
                 wobble_probability: 0.7,
                 wobble_amplitude: [0.5, 2.0],
+                // Generator grids bend by a small part of a cell; a quarter cell would
+                // move 4-pixel cells' lines by one whole pixel.
+                wobble_max_cell_share: 0.1,
                 wobble_period: [0.5, 2.0],
                 kernels: vec![Kernel::Nearest],
                 soft_edge_probability: 0.9,
@@ -166,8 +169,12 @@ pub struct DegradeConfig {
     pub phase: [f32; 2],
     /// Probability, per axis, that the grid lines wobble.
     pub wobble_probability: f32,
-    /// Wobble amplitude in screen pixels (clamped to a quarter of the narrowest cell).
+    /// Wobble amplitude in screen pixels, clamped to `wobble_max_cell_share` of the
+    /// narrowest cell.
     pub wobble_amplitude: [f32; 2],
+    /// Largest wobble amplitude as a share of the narrowest cell (at most 0.25, so lines
+    /// never cross).
+    pub wobble_max_cell_share: f32,
     /// Wobble period as a fraction of the image extent along the line (and, drawn
     /// separately, across the lines, where it is kept long enough that lines never cross).
     pub wobble_period: [f32; 2],
@@ -237,6 +244,7 @@ impl Default for DegradeConfig {
             phase: [0.0, 0.45],
             wobble_probability: 0.0,
             wobble_amplitude: [0.5, 2.0],
+            wobble_max_cell_share: 0.25,
             wobble_period: [0.5, 2.0],
             kernels: vec![Kernel::Nearest],
             soft_edge_probability: 0.0,
@@ -294,6 +302,7 @@ impl DegradeConfig {
             ("cell_jitter_probability", self.cell_jitter_probability),
             ("phase_probability", self.phase_probability),
             ("wobble_probability", self.wobble_probability),
+            ("wobble_max_cell_share", self.wobble_max_cell_share),
             ("soft_edge_probability", self.soft_edge_probability),
             ("drift_probability", self.drift_probability),
             ("gradient_probability", self.gradient_probability),

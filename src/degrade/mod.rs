@@ -32,7 +32,7 @@
 //!    likewise the last; every border cell keeps at least half its width, so the grid size
 //!    is well defined. **Wobble** bends the lines of each axis: a vertical line is displaced
 //!    by `amplitude * sin(2π (y / period + x / cross_period) + phase)` (see [`Wobble`];
-//!    amplitude at most a quarter of the narrowest cell, cross period long enough that lines
+//!    amplitude at most `wobble_max_cell_share` (≤ 1/4) of the narrowest cell, cross period long enough that lines
 //!    never cross); the recorded lines are the unbent ones. Each screen pixel centre is
 //!    unbent, mapped piecewise linearly through the boundaries to art coordinates, and the
 //!    **kernel** (nearest, bilinear, Keys/Catmull-Rom bicubic, lanczos3; see [`Kernel`]) is
@@ -65,7 +65,7 @@
 //! | `clean` | nearest, whole-number scale 2-5 (same on both axes), no phase | nothing else |
 //! | `seed`  | bicubic, whole-number scale 2-5; phase (p 0.5) up to 1/8 cell | blur σ 0.2-1.0 px, noise σ 3 |
 //! | `hard`  | any kernel, scale 2-8 uniform; aspect jitter (p 0.3) ±15%; cell jitter (p 0.5) 2-15%; phase (p 0.9) 0-0.45 cell; wobble (p 0.3 per axis) 0.3-1.5 px; soft edges (p 0.5 with nearest) 0.5-2 px | drift (p 0.5) σ 0.01-0.03; gradient (p 0.3) 0.02-0.06; flatten (p 0.3); blur (p 0.7) σ 0.3-1.5; gamma (p 0.5) 0.8-1.25; exposure (p 0.5) 0.8-1.2; palette (p 0.4) 8-64 colours, dithered half the time; noise (p 0.8) σ 1-8; JPEG (p 0.6) q 30-90 |
-//! | `ai`    | nearest, scale 3-40 log-uniform; aspect jitter (p 0.5) ±8%; cell jitter (p 0.8) 2-12%; phase always, 0-0.45 cell; wobble (p 0.7 per axis) 0.5-2 px, period 0.5-2x the image; soft edges (p 0.9) 0.5-3 px | drift (p 0.9) σ 0.005-0.02; gradient (p 0.3) 0.01-0.04; flatten (p 0.3); blur (p 0.3) σ 0.2-0.7; noise (p 0.8) σ 0.5-3; JPEG (p 0.4) q 70-95; no gamma, exposure or palette (a restorer could not know the true colours then) |
+//! | `ai`    | nearest, scale 3-40 log-uniform; aspect jitter (p 0.5) ±8%; cell jitter (p 0.8) 2-12%; phase always, 0-0.45 cell; wobble (p 0.7 per axis) 0.5-2 px but at most 1/10 of a cell, period 0.5-2x the image; soft edges (p 0.9) 0.5-3 px | drift (p 0.9) σ 0.005-0.02; gradient (p 0.3) 0.01-0.04; flatten (p 0.3); blur (p 0.3) σ 0.2-0.7; noise (p 0.8) σ 0.5-3; JPEG (p 0.4) q 70-95; no gamma, exposure or palette (a restorer could not know the true colours then) |
 //!
 //! Wobble and soft edges are additionally capped by the cell size as described above, so
 //! on small cells they are weaker than the ranges say.

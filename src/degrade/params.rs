@@ -482,7 +482,7 @@ impl Draw {
         }
         let amplitude = self
             .uniform(cfg.wobble_amplitude)
-            .clamp(0.0, 0.25 * axis.narrowest_cell());
+            .clamp(0.0, cfg.wobble_max_cell_share.clamp(0.0, 0.25) * axis.narrowest_cell());
         let period = (self.uniform(cfg.wobble_period) * along as f32).max(8.0);
         let cross_period = (self.uniform(cfg.wobble_period) * across as f32)
             .max(8.0)

@@ -19,7 +19,7 @@ pub mod period;
 pub mod profile;
 
 use image::RgbaImage;
-use period::{fit_comb, fit_period, CombFit};
+use period::{fit_period, fit_square_cells, CombFit};
 use serde::{Deserialize, Serialize};
 
 /// A border cell is part of the grid when at least this share of it is visible.
@@ -98,17 +98,27 @@ pub fn analyse(img: &RgbaImage, opts: &GridOptions) -> Result<Grid, GridError> {
     if (w as f32) < opts.min_cell || (h as f32) < opts.min_cell {
         return Err(GridError::TooSmall { width: w, height: h, min_cell: opts.min_cell });
     }
-    let profiles = profile::edge_profiles(img);
     let (fixed_x, fixed_y) = fixed_periods(w, h, opts)?;
     let phase = |axis: usize| opts.offset.map(|o| if axis == 0 { o.0 } else { o.1 });
-    let fit_axis = |prof: &[f32], fixed: Option<f32>, phase: Option<f32>| -> Option<CombFit> {
-        match fixed {
-            Some(p) => fit_period(prof, p, phase).or(Some(CombFit { period: p, phase: phase.unwrap_or(0.0), score: 0.0, contrast: 0.0 })),
-            None => fit_comb(prof, opts.min_cell, opts.max_cell, phase),
+    let fit_axes = |profiles: &profile::EdgeProfiles| -> (Option<CombFit>, Option<CombFit>) {
+        let fixed = |prof: &[f32], p: f32, phase: Option<f32>| {
+            fit_period(prof, p, phase).or(Some(CombFit { period: p, phase: phase.unwrap_or(0.0), score: 0.0, contrast: 0.0 }))
+        };
+        match (fixed_x, fixed_y) {
+            (Some(px), Some(py)) => (fixed(&profiles.x, px, phase(0)), fixed(&profiles.y, py, phase(1))),
+            _ => fit_square_cells(&profiles.x, &profiles.y, opts.min_cell, opts.max_cell, opts.offset),
         }
     };
-    let mut fx = fit_axis(&profiles.x, fixed_x, phase(0));
-    let mut fy = fit_axis(&profiles.y, fixed_y, phase(1));
+    // A first pass finds the cell size; with cells of 8 pixels or more a second pass
+    // recounts edges suppressing JPEG ringing within a quarter cell, and fits again.
+    let mut profiles = profile::edge_profiles(img, 1);
+    let (mut fx, mut fy) = fit_axes(&profiles);
+    let smaller_cell = fx.iter().chain(fy.iter()).map(|f| f.period).fold(f32::INFINITY, f32::min);
+    let radius = if smaller_cell.is_finite() { (smaller_cell / 4.0) as usize } else { 1 };
+    if radius > 1 {
+        profiles = profile::edge_profiles(img, radius);
+        (fx, fy) = fit_axes(&profiles);
+    }
     let overridden = fixed_x.is_some() || fixed_y.is_some();
     let ok = |f: &Option<CombFit>| overridden || f.is_some_and(|f| f.contrast >= opts.min_confidence);
     // Square cells are the norm: a weak axis borrows the strong axis's cell size.

@@ -108,54 +108,119 @@ pub fn fit_period(profile: &[f32], period: f32, fixed_phase: Option<f32>) -> Opt
     best_phase(&fold(profile, period), period, fixed_phase)
 }
 
+/// Local fits span at least this many periods, [`MIN_WINDOW`] pixels and a third of the profile.
+const WINDOW_PERIODS: f32 = 6.0;
+const MIN_WINDOW: usize = 48;
+/// Windows are at least this share of the profile.
+const WINDOWS_PER_PROFILE: usize = 3;
+/// Relative step of the period ladder, and of its refinement around the best rung.
+const LADDER_STEP: f32 = 0.01;
+const REFINE_STEP: f32 = 0.001;
+
+/// Scores a period by local comb fits: windows of [`WINDOW_PERIODS`] periods, half
+/// overlapping, each with its own best phase; the lifts and contrasts are averaged
+/// weighted by each window's share of the profile. Local phases make the score immune to
+/// lines that drift or slip by part of a cell across the image, as generator output does.
+pub fn windowed_fit(profile: &[f32], period: f32) -> Option<(f32, f32)> {
+    let len = profile.len();
+    // The same window for every period of one image (unless a period needs more), so
+    // that no period gains from fitting more phases to fewer teeth.
+    let win = ((WINDOW_PERIODS * period) as usize).max(len / WINDOWS_PER_PROFILE).max(MIN_WINDOW).min(len);
+    let stride = (win / 2).max(1);
+    let (mut score, mut contrast, mut mass) = (0.0f32, 0.0f32, 0.0f32);
+    let mut start = 0;
+    loop {
+        let window = &profile[start..(start + win).min(len)];
+        let folded = fold(window, period);
+        if let Some(fit) = best_phase(&folded, period, None) {
+            score += folded.total_sum * fit.score;
+            contrast += folded.total_sum * fit.contrast;
+            mass += folded.total_sum;
+        }
+        if start + win >= len {
+            break;
+        }
+        start = (start + stride).min(len - win);
+    }
+    (mass > 0.0).then(|| (score / mass, contrast / mass))
+}
+
+/// Cells are nearly square: each axis's cell size is searched within this factor of the
+/// size both axes agree on.
+pub const MAX_ASPECT: f32 = 1.15;
+
+/// The period ladder from `from` to `to`, each rung scored by the sum of the profiles'
+/// windowed lifts (a profile that cannot be scored adds nothing).
+fn ladder(profiles: &[&[f32]], from: f32, to: f32, step: f32) -> Vec<(f32, f32)> {
+    let mut rungs = Vec::new();
+    let mut p = from;
+    while p <= to {
+        let score: f32 = profiles.iter().filter_map(|prof| windowed_fit(prof, p)).map(|(s, c)| rung_score(s, c)).sum();
+        rungs.push((p, score));
+        p *= 1.0 + step;
+    }
+    rungs
+}
+
+/// How a period ranks: its lift, times its contrast squared. The lift alone can favour a
+/// fraction of the true period when the art has texture or features drawn off the grid
+/// (the extra teeth find a little of it); the contrast drops sharply for such combs, while
+/// the lift keeps multiples of the period, whose contrast is as high, from winning.
+fn rung_score(lift: f32, contrast: f32) -> f32 {
+    lift * contrast.max(0.0) * contrast.max(0.0)
+}
+
+fn best_rung(rungs: &[(f32, f32)]) -> Option<(f32, f32)> {
+    rungs.iter().copied().max_by(|a, b| a.1.total_cmp(&b.1))
+}
+
+/// Largest period a profile can show twice.
+fn longest_period(profile: &[f32], max_period: f32) -> f32 {
+    max_period.min(profile.len().saturating_sub(1) as f32 / 2.0)
+}
+
 /// Finds the comb that best explains the profile, with periods in `[min_period, max_period]`.
-/// Returns `None` when the profile is too short for two periods or carries no change.
+/// The period comes from local fits ([`windowed_fit`]) on a ladder, refined around the
+/// best rung; the phase, fixed or not, from the whole profile. Returns `None` when the
+/// profile is too short for two periods or carries no change.
 pub fn fit_comb(profile: &[f32], min_period: f32, max_period: f32, fixed_phase: Option<f32>) -> Option<CombFit> {
-    let span = profile.len().saturating_sub(1) as f32;
     let min_period = min_period.max(MIN_PERIOD);
-    let max_period = max_period.min(span / 2.0);
+    let max_period = longest_period(profile, max_period);
     if max_period < min_period || profile.iter().all(|&v| v <= 0.0) {
         return None;
     }
-    // Geometric ladder: a relative step of 1/span moves the last tooth by about one pixel.
-    let step = 1.0 + 1.0 / span.max(8.0);
-    let mut ladder = Vec::new();
-    let mut p = min_period;
-    while p <= max_period {
-        if let Some(fit) = fit_period(profile, p, fixed_phase) {
-            ladder.push(fit);
-        }
-        p *= step;
-    }
-    let best_score = ladder.iter().map(|f| f.score).fold(f32::NEG_INFINITY, f32::max);
-    if !(best_score > 0.0) {
+    let (coarse, _) = best_rung(&ladder(&[profile], min_period, max_period, LADDER_STEP))?;
+    let lo = (coarse / (1.0 + LADDER_STEP)).max(min_period);
+    let hi = (coarse * (1.0 + LADDER_STEP)).min(max_period);
+    let (period, _) = best_rung(&ladder(&[profile], lo, hi, REFINE_STEP))?;
+    let (score, contrast) = windowed_fit(profile, period)?;
+    if !(score > 0.0) {
         return None;
     }
-    // Local maxima of the ladder near the best are refined; the best refined one wins.
-    (0..ladder.len())
-        .filter(|&i| {
-            let s = ladder[i].score;
-            let left = if i > 0 { ladder[i - 1].score } else { f32::NEG_INFINITY };
-            let right = ladder.get(i + 1).map_or(f32::NEG_INFINITY, |f| f.score);
-            s >= left && s >= right && s >= 0.5 * best_score
-        })
-        .map(|i| refine(profile, ladder[i].period, step, fixed_phase))
-        .max_by(|a, b| a.score.total_cmp(&b.score))
+    let phase = fit_period(profile, period, fixed_phase).map_or(0.0, |f| f.phase);
+    Some(CombFit { period, phase, score, contrast })
 }
 
-/// Searches eight times finer within one ladder step either side.
-fn refine(profile: &[f32], period: f32, step: f32, fixed_phase: Option<f32>) -> CombFit {
-    let mut best = fit_period(profile, period, fixed_phase).expect("the ladder scored this period");
-    let fine = step.powf(1.0 / 8.0);
-    for k in -8..=8 {
-        let p = period * fine.powi(k);
-        if let Some(fit) = fit_period(profile, p, fixed_phase) {
-            if fit.score > best.score {
-                best = fit;
-            }
-        }
-    }
-    best
+/// Fits both axes of an image whose cells are nearly square: the cell size both profiles
+/// agree on best (summed windowed lifts) is found first, then each axis is fitted on its
+/// own within [`MAX_ASPECT`] of it. One axis alone is easily fooled by features drawn at
+/// half a cell, or by an axis with few edges; together they rarely are.
+pub fn fit_square_cells(
+    x: &[f32],
+    y: &[f32],
+    min_period: f32,
+    max_period: f32,
+    fixed_phase: Option<(f32, f32)>,
+) -> (Option<CombFit>, Option<CombFit>) {
+    let min_period = min_period.max(MIN_PERIOD);
+    let max_period = longest_period(x, max_period).max(longest_period(y, max_period));
+    let Some((joint, _)) = best_rung(&ladder(&[x, y], min_period, max_period, LADDER_STEP)) else {
+        return (None, None);
+    };
+    let axis = |prof: &[f32], phase: Option<f32>| {
+        fit_comb(prof, (joint / MAX_ASPECT).max(min_period), (joint * MAX_ASPECT).min(max_period), phase)
+    };
+    (axis(x, fixed_phase.map(|p| p.0)), axis(y, fixed_phase.map(|p| p.1)))
 }
 
 #[cfg(test)]

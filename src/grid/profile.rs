@@ -1,11 +1,18 @@
-//! Edge profiles: how much the image changes across each possible grid line.
+//! Edge profiles: how often the image has an edge across each possible grid line.
 //!
-//! `profile_x[x]` is the summed colour change between pixel column `x - 1` and column `x`
-//! (so index `x` is the screen coordinate of a vertical boundary), over all rows; likewise
-//! `profile_y` for horizontal boundaries. The change of one pixel pair is the L1 distance of
-//! premultiplied RGBA (8-bit units), so transparent pixels' colours never count, minus a
-//! noise floor (the median change over the image, which in pixel art is a change inside a
-//! cell), clamped at zero: noise then adds almost nothing while real cell edges stand out.
+//! `x[i]` counts the rows in which the colour change between pixel columns `i - 1` and
+//! `i` is a local maximum along the row and stands clearly above the noise; `y[i]` counts
+//! the same for columns across horizontal boundaries. Each such edge counts with a weight
+//! `min(1, change / full)`, `full` being the 75th percentile of all edge changes: typical
+//! and strong edges count one, while the faint maxima of JPEG ringing and block borders
+//! beside them count little. Index `i` is the screen coordinate
+//! of the boundary. The change of one pixel pair is the L1 distance of premultiplied
+//! RGBA in 8-bit units, so transparent pixels' colours never count.
+//!
+//! Counting edges instead of summing their magnitudes is what makes the profile robust:
+//! a blurred edge still peaks on its cell boundary, noise rarely clears the threshold,
+//! and a few very strong edges (a sprite's silhouette against transparency) weigh no more
+//! than the many faint edges between similar colours that carry the grid.
 
 use image::RgbaImage;
 
@@ -17,6 +24,11 @@ pub struct EdgeProfiles {
     /// Length `height + 1`; entries 0 and `height` are 0.
     pub y: Vec<f32>,
 }
+
+/// Smallest change (L1 over premultiplied RGBA, 0-255 units) that can count as an edge.
+const MIN_EDGE: f32 = 8.0;
+/// An edge must exceed this many times the typical change between neighbours.
+const NOISE_FACTOR: f32 = 3.0;
 
 /// Premultiplied RGBA of every pixel, as f32 in 0-255.
 fn premultiplied(img: &RgbaImage) -> Vec<[f32; 4]> {
@@ -32,47 +44,97 @@ fn l1(a: [f32; 4], b: [f32; 4]) -> f32 {
     (a[0] - b[0]).abs() + (a[1] - b[1]).abs() + (a[2] - b[2]).abs() + (a[3] - b[3]).abs()
 }
 
-/// Computes both edge profiles.
-pub fn edge_profiles(img: &RgbaImage) -> EdgeProfiles {
+/// Computes both edge profiles. An edge must be the largest change within `radius`
+/// pixels along its row or column: 1 keeps every local maximum; larger radii suppress the
+/// ringing that JPEG leaves beside strong edges, once the cells are known to be that wide.
+pub fn edge_profiles(img: &RgbaImage, radius: usize) -> EdgeProfiles {
     let (w, h) = (img.width() as usize, img.height() as usize);
     let px = premultiplied(img);
-    // Horizontal neighbour changes (for vertical boundaries) and vertical ones.
-    let mut dx = Vec::with_capacity(h * w.saturating_sub(1));
-    let mut dy = Vec::with_capacity(w * h.saturating_sub(1));
+    // dx[y * w + x]: change between (x - 1, y) and (x, y), for x in 1..w (index 0 unused).
+    let mut dx = vec![0.0f32; w * h];
+    let mut dy = vec![0.0f32; w * h]; // dy[y * w + x]: change between (x, y - 1) and (x, y)
     for y in 0..h {
-        let row = &px[y * w..(y + 1) * w];
-        dx.extend(row.windows(2).map(|p| l1(p[0], p[1])));
-        if y + 1 < h {
-            let next = &px[(y + 1) * w..(y + 2) * w];
-            dy.extend(row.iter().zip(next).map(|(&a, &b)| l1(a, b)));
+        for x in 0..w {
+            let i = y * w + x;
+            if x > 0 {
+                dx[i] = l1(px[i - 1], px[i]);
+            }
+            if y > 0 {
+                dy[i] = l1(px[i - w], px[i]);
+            }
         }
     }
-    let floor = noise_floor(&dx, &dy);
-    let mut x = vec![0.0f32; w + 1];
-    for row in dx.chunks(w.saturating_sub(1).max(1)) {
-        for (i, &d) in row.iter().enumerate() {
-            x[i + 1] += (d - floor).max(0.0);
+    let threshold = (NOISE_FACTOR * typical_change(&dx, &dy, w, h)).max(MIN_EDGE);
+    // Edges as (axis, boundary index, change): local maxima above the threshold.
+    let radius = radius.max(1);
+    let mut edges: Vec<(bool, u32, f32)> = Vec::new();
+    let mut line = Vec::with_capacity(w.max(h));
+    for y in 0..h {
+        line.clear();
+        line.extend_from_slice(&dx[y * w..(y + 1) * w]);
+        line[0] = 0.0;
+        for i in local_maxima(&line, threshold, radius) {
+            edges.push((true, i as u32, line[i]));
         }
     }
-    let mut y = vec![0.0f32; h + 1];
-    for (r, row) in dy.chunks(w.max(1)).enumerate() {
-        y[r + 1] = row.iter().map(|&d| (d - floor).max(0.0)).sum();
+    for x in 0..w {
+        line.clear();
+        line.extend((0..h).map(|y| dy[y * w + x]));
+        line[0] = 0.0;
+        for i in local_maxima(&line, threshold, radius) {
+            edges.push((false, i as u32, line[i]));
+        }
     }
-    if w >= 1 {
-        x[w] = 0.0;
+    let full = full_weight_change(&edges).max(threshold);
+    let mut x_profile = vec![0.0f32; w + 1];
+    let mut y_profile = vec![0.0f32; h + 1];
+    for (is_x, i, change) in edges {
+        let weight = (change / full).min(1.0);
+        if is_x {
+            x_profile[i as usize] += weight;
+        } else {
+            y_profile[i as usize] += weight;
+        }
     }
-    EdgeProfiles { x, y }
+    EdgeProfiles { x: x_profile, y: y_profile }
 }
 
-/// Median of all neighbour changes: the typical change inside a cell.
-fn noise_floor(dx: &[f32], dy: &[f32]) -> f32 {
-    let mut all: Vec<f32> = dx.iter().chain(dy).copied().collect();
+/// Indices whose value exceeds `threshold`, is larger than every value up to `radius`
+/// before it and at least as large as every value up to `radius` after it.
+fn local_maxima(v: &[f32], threshold: f32, radius: usize) -> impl Iterator<Item = usize> + '_ {
+    (1..v.len()).filter(move |&i| {
+        let c = v[i];
+        c > threshold
+            && v[i.saturating_sub(radius)..i].iter().all(|&p| c > p)
+            && v[i + 1..(i + 1 + radius).min(v.len())].iter().all(|&n| c >= n)
+    })
+}
+
+/// The 75th percentile of the edges' changes.
+fn full_weight_change(edges: &[(bool, u32, f32)]) -> f32 {
+    if edges.is_empty() {
+        return 0.0;
+    }
+    let mut changes: Vec<f32> = edges.iter().map(|e| e.2).collect();
+    let k = changes.len() * 3 / 4;
+    *changes.select_nth_unstable_by(k, f32::total_cmp).1
+}
+
+/// The median change between neighbours: in pixel art most neighbours share a cell, so
+/// this is the noise level inside cells.
+fn typical_change(dx: &[f32], dy: &[f32], w: usize, h: usize) -> f32 {
+    let mut all: Vec<f32> = Vec::with_capacity(2 * w * h);
+    for y in 0..h {
+        all.extend_from_slice(&dx[y * w + 1..(y + 1) * w]);
+        if y > 0 {
+            all.extend_from_slice(&dy[y * w..(y + 1) * w]);
+        }
+    }
     if all.is_empty() {
         return 0.0;
     }
     let mid = all.len() / 2;
-    let (_, m, _) = all.select_nth_unstable_by(mid, f32::total_cmp);
-    *m
+    *all.select_nth_unstable_by(mid, f32::total_cmp).1
 }
 
 #[cfg(test)]
@@ -88,7 +150,7 @@ mod tests {
             let v = art[(y / 3) as usize][(x / 3) as usize];
             Rgba([v, v, v, 255])
         });
-        let p = edge_profiles(&img);
+        let p = edge_profiles(&img, 1);
         assert_eq!(p.x.len(), 13);
         for (x, &v) in p.x.iter().enumerate() {
             assert_eq!(v > 0.0, x == 3 || x == 6 || x == 9, "x = {x}: {v}");
@@ -99,8 +161,20 @@ mod tests {
     }
 
     #[test]
+    fn strong_and_faint_edges_count_alike() {
+        // Column 4 is a strong edge in every row, column 8 a faint one.
+        let img = RgbaImage::from_fn(12, 6, |x, _| {
+            let v = if x < 4 { 0 } else if x < 8 { 250 } else { 230 };
+            Rgba([v, v, v, 255])
+        });
+        let p = edge_profiles(&img, 1);
+        assert_eq!(p.x[4], 6.0);
+        assert_eq!(p.x[8], 6.0);
+    }
+
+    #[test]
     fn transparent_colour_changes_do_not_count() {
         let img = RgbaImage::from_fn(6, 2, |x, _| if x < 3 { Rgba([255, 0, 0, 0]) } else { Rgba([0, 255, 0, 0]) });
-        assert!(edge_profiles(&img).x.iter().all(|&v| v == 0.0));
+        assert!(edge_profiles(&img, 1).x.iter().all(|&v| v == 0.0));
     }
 }

@@ -1,11 +1,10 @@
 //! [`auto_palette`]: weighted clustering in OKLab, as described in the module docs of
-//! [`crate::palette`] (the numbered steps there are the functions here, in order).
+//! [`crate::palette`], whose numbered steps the comments here refer to.
 
 use super::{closest, finite_or_zero, nearest_index, rounded_srgb8, Palette};
 use crate::colour::{srgb8_to_oklab, Oklab};
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, HashSet};
-use std::hash::{BuildHasherDefault, Hasher};
+use std::collections::{BinaryHeap, HashSet};
 
 /// Default OKLab distance below which clusters merge: about two just-noticeable
 /// differences (see the module docs for why).
@@ -23,14 +22,14 @@ const MAX_SEEDS: usize = 4096;
 /// With `--colors N`, up to this many distinct sRGB8 colours are the seeds themselves.
 const MAX_UNPOOLED_POINTS: usize = 256;
 /// A cluster at most this fraction of its neighbour's weight may be absorbed as its noise.
-const ABSORB_WEIGHT_RATIO: f64 = 0.5;
+const ABSORB_WEIGHT_RATIO: f32 = 0.5;
 /// How many RMS spreads of the heavier cluster a fragment may lie from it and be absorbed.
 const ABSORB_SPREAD_MULTIPLE: f32 = 3.5;
 /// The absorbing reach never exceeds this multiple of the merge distance, so a far accent
 /// is never absorbed however noisy its neighbour.
 const ABSORB_MAX_FACTOR: f32 = 2.0;
 /// Most Lloyd passes per refinement (fewer when the assignment stops changing).
-const LLOYD_ITERATIONS: usize = 3;
+const LLOYD_ITERATIONS: usize = 2;
 /// Smallest reach, so scores stay finite when the merge distance is 0.
 const MIN_REACH: f32 = 1e-6;
 /// Above this many clusters, merging finds neighbours through a grid instead of scanning
@@ -66,30 +65,37 @@ pub fn auto_palette(samples: &[Oklab], weights: &[f32], opts: &AutoPaletteOption
         return (Palette::default(), Vec::new());
     }
     let merge_distance = if opts.merge_distance.is_finite() { opts.merge_distance.max(0.0) } else { 0.0 };
-    let colours = match opts.max_colours {
+    let (colours, sample_seed) = match opts.max_colours {
         None => palette_by_distance(samples, weights, merge_distance),
         Some(n) => palette_of_size(samples, weights, merge_distance, n.max(1)),
     };
-    finish(samples, colours, opts.max_colours.is_none())
+    finish(samples, &sample_seed, colours, opts.max_colours.is_none())
 }
 
-/// Steps 1-5 without a colour count: clusters merge while they are close.
-fn palette_by_distance(samples: &[Oklab], weights: &[f32], merge_distance: f32) -> Vec<([u8; 3], f64)> {
+/// Steps 1-4 without a colour count: clusters merge while they are close. Returns the
+/// weighted colours and each sample's seed.
+fn palette_by_distance(samples: &[Oklab], weights: &[f32], merge_distance: f32) -> (Vec<([u8; 3], f64)>, Vec<u32>) {
     let units: Vec<Moments> = samples.iter().zip(weights).map(|(&s, &w)| Moments::of(finite_or_zero(s), sample_weight(w))).collect();
-    let seeds = pool_in_cubes(&units, merge_distance, 1);
+    let (seeds, sample_seed) = pool_in_cubes(&units, merge_distance, 1);
     let leaders = gather_around_leaders(&seeds, merge_distance);
-    let clusters = merge_clusters(leaders, merge_distance, None);
-    round_and_dedupe(&refine(&seeds, clusters, merge_distance, None))
+    let clusters = merge_clusters(leaders, merge_distance, 1, false);
+    (round_and_dedupe(&refine(&seeds, clusters, merge_distance, 1, false)), sample_seed)
 }
 
-/// Steps 1-5 for `--colors n`: exactly `min(n, distinct sRGB8 colours)` colours.
-fn palette_of_size(samples: &[Oklab], weights: &[f32], merge_distance: f32, n: usize) -> Vec<([u8; 3], f64)> {
-    let points = group_by_srgb8(samples, weights);
+/// Steps 1-4 for `--colors n`: exactly `min(n, distinct sRGB8 colours)` colours. Returns
+/// the weighted colours and each sample's seed.
+fn palette_of_size(samples: &[Oklab], weights: &[f32], merge_distance: f32, n: usize) -> (Vec<([u8; 3], f64)>, Vec<u32>) {
+    let (points, sample_point) = group_by_srgb8(samples, weights);
     if points.len() <= n {
-        return points.iter().map(|p| (p.rgb, p.moments.weight)).collect();
+        return (points.iter().map(|p| (p.rgb, p.moments.weight)).collect(), sample_point);
     }
     let units: Vec<Moments> = points.iter().map(|p| p.moments).collect();
-    let seeds = if units.len() <= MAX_UNPOOLED_POINTS { units } else { pool_in_cubes(&units, merge_distance, n) };
+    let (seeds, sample_seed) = if units.len() <= MAX_UNPOOLED_POINTS {
+        (units, sample_point)
+    } else {
+        let (seeds, point_seed) = pool_in_cubes(&units, merge_distance, n);
+        (seeds, sample_point.iter().map(|&p| point_seed[p as usize]).collect())
+    };
     // Leaders gather within a radius that shrinks until there are at least n of them.
     let mut radius = merge_distance;
     let mut leaders = gather_around_leaders(&seeds, radius);
@@ -101,10 +107,13 @@ fn palette_of_size(samples: &[Oklab], weights: &[f32], merge_distance: f32, n: u
         radius /= 2.0;
         leaders = gather_around_leaders(&seeds, radius);
     }
-    let clusters = merge_clusters(leaders, merge_distance, Some(n));
-    let mut colours = round_and_dedupe(&refine(&seeds, clusters, merge_distance, Some(n)));
+    // The merges that score below 1 come first in closest-first order, and the bounded
+    // search finds them cheaply; the rest continue without a bound until n remain.
+    let clusters = merge_clusters(leaders, merge_distance, n, false);
+    let clusters = merge_clusters(clusters, merge_distance, n, true);
+    let mut colours = round_and_dedupe(&refine(&seeds, clusters, merge_distance, n, true));
     fill_to(&mut colours, &points, n);
-    colours
+    (colours, sample_seed)
 }
 
 /// Weighted sums over a set of colours: enough for their mean and spread, merged in O(1).
@@ -156,56 +165,65 @@ struct Point {
     moments: Moments,
 }
 
-/// Step 1 for `--colors N`: samples grouped by the sRGB8 colour they round to, in colour
-/// order, which gives the number of distinct colours.
-fn group_by_srgb8(samples: &[Oklab], weights: &[f32]) -> Vec<Point> {
+/// For `--colors N`: samples grouped by the sRGB8 colour they round to, in colour
+/// order, which gives the number of distinct colours; and each sample's group.
+fn group_by_srgb8(samples: &[Oklab], weights: &[f32]) -> (Vec<Point>, Vec<u32>) {
     let pack = |[r, g, b]: [u8; 3]| u32::from_be_bytes([0, r, g, b]);
-    let mut keyed: Vec<(u32, usize)> = samples.iter().enumerate().map(|(i, &s)| (pack(rounded_srgb8(s)), i)).collect();
+    let mut keyed: Vec<(u32, u32)> = samples.iter().zip(0..).map(|(&s, i)| (pack(rounded_srgb8(s)), i)).collect();
     keyed.sort_unstable();
-    keyed
+    let mut sample_point = vec![0; samples.len()];
+    let points = keyed
         .chunk_by(|x, y| x.0 == y.0)
-        .map(|run| {
+        .zip(0..)
+        .map(|(run, p)| {
             let mut moments = Moments::default();
             for &(_, i) in run {
+                let i = i as usize;
                 moments.add(&Moments::of(finite_or_zero(samples[i]), sample_weight(weights[i])));
+                sample_point[i] = p;
             }
             let [_, r, g, b] = run[0].0.to_be_bytes();
             Point { rgb: [r, g, b], lab: moments.mean(), moments }
         })
-        .collect()
+        .collect();
+    (points, sample_point)
 }
 
 /// Step 1: units pooled in grid cubes of edge `merge_distance / 2`, doubled until at most
 /// [`MAX_SEEDS`] cubes, then halved while fewer than `min_count` (so `--colors N` has at
-/// least N seeds where the colours allow).
-fn pool_in_cubes(units: &[Moments], merge_distance: f32, min_count: usize) -> Vec<Moments> {
+/// least N seeds where the colours allow). Returns the cubes and each unit's cube.
+fn pool_in_cubes(units: &[Moments], merge_distance: f32, min_count: usize) -> (Vec<Moments>, Vec<u32>) {
     let positions: Vec<Oklab> = units.iter().map(Moments::mean).collect();
     let mut edge = (merge_distance * SEED_CUBE_FRACTION).max(MIN_SEED_CUBE);
-    let mut seeds = pool_at(units, &positions, edge);
-    while seeds.len() > MAX_SEEDS {
+    let mut pooled = pool_at(units, &positions, edge);
+    while pooled.0.len() > MAX_SEEDS {
         edge *= 2.0;
-        seeds = pool_at(units, &positions, edge);
+        pooled = pool_at(units, &positions, edge);
     }
-    while seeds.len() < min_count && edge > MIN_SEED_CUBE {
+    while pooled.0.len() < min_count && edge > MIN_SEED_CUBE {
         edge /= 2.0;
-        seeds = pool_at(units, &positions, edge);
+        pooled = pool_at(units, &positions, edge);
     }
-    seeds
+    pooled
 }
 
-fn pool_at(units: &[Moments], positions: &[Oklab], edge: f32) -> Vec<Moments> {
-    let mut keyed: Vec<(u64, usize)> = positions.iter().enumerate().map(|(i, &c)| (pack_cell(cell_of(c, edge)), i)).collect();
+fn pool_at(units: &[Moments], positions: &[Oklab], edge: f32) -> (Vec<Moments>, Vec<u32>) {
+    let mut keyed: Vec<(u64, u32)> = positions.iter().zip(0..).map(|(&c, i)| (pack_cell(cell_of(c, edge)), i)).collect();
     keyed.sort_unstable();
-    keyed
+    let mut unit_cube = vec![0; units.len()];
+    let cubes = keyed
         .chunk_by(|x, y| x.0 == y.0)
-        .map(|run| {
+        .zip(0..)
+        .map(|(run, cube)| {
             let mut moments = Moments::default();
             for &(_, i) in run {
-                moments.add(&units[i]);
+                moments.add(&units[i as usize]);
+                unit_cube[i as usize] = cube;
             }
             moments
         })
-        .collect()
+        .collect();
+    (cubes, unit_cube)
 }
 
 /// Coordinates of the grid cell of edge `edge` holding `c`, clamped to 21 bits each.
@@ -227,11 +245,12 @@ fn gather_around_leaders(seeds: &[Moments], radius: f32) -> Vec<Moments> {
     }
     let mut order: Vec<usize> = (0..seeds.len()).collect();
     order.sort_by(|&x, &y| seeds[y].weight.total_cmp(&seeds[x].weight).then(x.cmp(&y)));
+    let positions: Vec<Oklab> = seeds.iter().map(Moments::mean).collect();
     let mut leaders: Vec<(Oklab, Moments)> = Vec::new();
-    let mut grid = Grid::new(radius);
+    let mut grid = Grid::new(radius, &positions);
     let mut near = Vec::new();
     for s in order {
-        let c = seeds[s].mean();
+        let c = positions[s];
         near.clear();
         grid.push_neighbours(c, &mut near);
         let mut best: Option<(f32, u32)> = None;
@@ -252,53 +271,61 @@ fn gather_around_leaders(seeds: &[Moments], radius: f32) -> Vec<Moments> {
     leaders.into_iter().map(|(_, m)| m).collect()
 }
 
-/// Hashes a packed cell key with SplitMix64: SipHash would cost more than the rest of a
-/// grid lookup, and a bare multiply leaves the bucket bits depending on one axis only.
-#[derive(Default)]
-struct CellHasher(u64);
-
-impl Hasher for CellHasher {
-    fn finish(&self) -> u64 {
-        crate::rng::splitmix64(self.0)
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 = (self.0 << 8) ^ u64::from(b);
-        }
-    }
-
-    fn write_u64(&mut self, v: u64) {
-        self.0 ^= v;
-    }
-}
-
-/// Indices of things by grid cell, for finding everything within `reach` of a colour. The
-/// cells' edge is twice the reach, so a query looks at 8 cells at most.
+/// Indices of things by grid cell, for finding everything within `reach` of a colour: a
+/// dense grid over the bounding box of the positions it was made for. A query looks at the
+/// cells meeting the cube of half-side `reach`, which finds everything within `reach` for
+/// any cell edge; the edge is twice the reach (8 cells a query), widened when the box would
+/// need more than [`MAX_GRID_CELLS_PER_AXIS`] cells along an axis. Positions outside the
+/// box fall in its border cells, which keeps queries correct.
 struct Grid {
     reach: f32,
     edge: f32,
-    cells: HashMap<u64, Vec<u32>, BuildHasherDefault<CellHasher>>,
+    origin: [f32; 3],
+    dims: [usize; 3],
+    cells: Vec<Vec<u32>>,
 }
 
+/// Most cells along one axis of a [`Grid`].
+const MAX_GRID_CELLS_PER_AXIS: usize = 64;
+
 impl Grid {
-    fn new(reach: f32) -> Grid {
-        Grid { reach, edge: 2.0 * reach, cells: HashMap::default() }
+    fn new(reach: f32, positions: &[Oklab]) -> Grid {
+        let mut lo = [f32::INFINITY; 3];
+        let mut hi = [f32::NEG_INFINITY; 3];
+        for p in positions {
+            for (axis, v) in [p.l, p.a, p.b].into_iter().enumerate() {
+                lo[axis] = lo[axis].min(v);
+                hi[axis] = hi[axis].max(v);
+            }
+        }
+        if positions.is_empty() {
+            (lo, hi) = ([0.0; 3], [0.0; 3]);
+        }
+        let extent = (0..3).map(|axis| hi[axis] - lo[axis]).fold(0.0f32, f32::max);
+        let edge = (2.0 * reach).max(extent / MAX_GRID_CELLS_PER_AXIS as f32).max(f32::MIN_POSITIVE);
+        let dims = std::array::from_fn(|axis| (((hi[axis] - lo[axis]) / edge) as usize + 1).min(MAX_GRID_CELLS_PER_AXIS + 1));
+        Grid { reach, edge, origin: lo, dims, cells: vec![Vec::new(); dims.iter().product()] }
     }
 
-    fn key(&self, c: Oklab) -> u64 {
-        pack_cell(cell_of(c, self.edge))
+    /// The cell coordinates of `v` along `axis`, clamped to the grid.
+    fn coordinate(&self, v: f32, axis: usize) -> usize {
+        (((v - self.origin[axis]) / self.edge).floor().max(0.0) as usize).min(self.dims[axis] - 1)
+    }
+
+    fn cell(&self, c: Oklab) -> usize {
+        let [x, y, z] = [self.coordinate(c.l, 0), self.coordinate(c.a, 1), self.coordinate(c.b, 2)];
+        (x * self.dims[1] + y) * self.dims[2] + z
     }
 
     fn insert(&mut self, c: Oklab, i: u32) {
-        self.cells.entry(self.key(c)).or_default().push(i);
+        let cell = self.cell(c);
+        self.cells[cell].push(i);
     }
 
     fn remove(&mut self, c: Oklab, i: u32) {
-        if let Some(cell) = self.cells.get_mut(&self.key(c)) {
-            if let Some(at) = cell.iter().position(|&j| j == i) {
-                cell.swap_remove(at);
-            }
+        let cell = self.cell(c);
+        if let Some(at) = self.cells[cell].iter().position(|&j| j == i) {
+            self.cells[cell].swap_remove(at);
         }
     }
 
@@ -306,34 +333,15 @@ impl Grid {
     /// (a superset of everything within `reach`).
     fn push_neighbours(&self, c: Oklab, out: &mut Vec<u32>) {
         let r = self.reach;
-        let lo = cell_of(Oklab { l: c.l - r, a: c.a - r, b: c.b - r }, self.edge);
-        let hi = cell_of(Oklab { l: c.l + r, a: c.a + r, b: c.b + r }, self.edge);
-        for x in lo[0]..=hi[0] {
-            for y in lo[1]..=hi[1] {
-                for z in lo[2]..=hi[2] {
-                    if let Some(cell) = self.cells.get(&pack_cell([x, y, z])) {
-                        out.extend_from_slice(cell);
-                    }
+        let range = |v: f32, axis: usize| self.coordinate(v - r, axis)..=self.coordinate(v + r, axis);
+        for x in range(c.l, 0) {
+            for y in range(c.a, 1) {
+                let row = (x * self.dims[1] + y) * self.dims[2];
+                for z in range(c.b, 2) {
+                    out.extend_from_slice(&self.cells[row + z]);
                 }
             }
         }
-    }
-}
-
-/// A cluster during merging.
-#[derive(Clone, Copy)]
-struct Node {
-    moments: Moments,
-    centre: Oklab,
-    /// How far a fragment at most [`ABSORB_WEIGHT_RATIO`] of this weight may lie and be absorbed.
-    absorb_reach: f32,
-}
-
-impl Node {
-    fn new(moments: Moments, merge_distance: f32) -> Node {
-        let absorb_reach =
-            (ABSORB_SPREAD_MULTIPLE * moments.spread()).min(ABSORB_MAX_FACTOR * merge_distance).max(merge_distance);
-        Node { moments, centre: moments.mean(), absorb_reach }
     }
 }
 
@@ -359,68 +367,140 @@ impl PartialOrd for Candidate {
     }
 }
 
-/// Closest-first agglomerative merging (steps 3 and 5) with a cache of each cluster's best
-/// merge and a heap of candidate merges.
+/// Closest-first agglomerative merging (step 3) with a cache of each cluster's best
+/// merge and a heap of candidate merges. Clusters are parallel arrays, so scoring one
+/// against all others is a tight loop.
 struct Merger {
-    nodes: Vec<Node>,
-    alive: Vec<bool>,
+    moments: Vec<Moments>,
+    centres: Vec<Oklab>,
+    /// Each cluster's weight; negative once it has merged into another.
+    weights: Vec<f32>,
+    /// Squared absorbing reach: how far a fragment at most [`ABSORB_WEIGHT_RATIO`] of this
+    /// weight may lie and be absorbed.
+    reach2: Vec<f32>,
+    /// Squared merge distance.
+    merge2: f32,
+    /// Squared distance beyond which a pair cannot score below the limit (infinite when
+    /// the limit is).
+    max_reach2: f32,
+    merge_distance: f32,
     count: usize,
     /// Each cluster's best merge (score, other) among those scoring below `limit`.
     nearest: Vec<Option<(f32, u32)>>,
     heap: BinaryHeap<Reverse<Candidate>>,
     /// `None`: every cluster is a candidate partner of every other.
     grid: Option<Grid>,
-    merge_distance: f32,
-    /// Pairs scoring at or above this never merge (1, or infinity for `--colors N`).
+    /// Pairs scoring at or above this never merge: 1, or infinity when merging on past the
+    /// threshold (`--colors N`).
     limit: f32,
     /// `rescanned[k] == epoch`: cluster k already looked for its best merge in this step.
     rescanned: Vec<u32>,
     /// Merge steps so far.
     epoch: u32,
-    /// Reused list of neighbours, to avoid an allocation per merge.
+    /// Reused lists of neighbours, to avoid allocations per merge.
     near_buffer: Vec<u32>,
+    cell_buffer: Vec<u32>,
 }
 
 impl Merger {
-    /// Squared score of merging `i` and `j`: squared distance over the squared merge
-    /// distance, or over the squared absorbing reach for a light fragment within that reach.
-    /// Beyond the reach a fragment scores like any pair, so with `--colors N` a far accent
-    /// is ordered by its plain distance and merges after closer big clusters.
-    fn score(&self, i: usize, j: usize) -> f32 {
-        let (a, b) = (&self.nodes[i], &self.nodes[j]);
-        let d2 = a.centre.dist2(b.centre);
-        let (light, heavy) = if a.moments.weight <= b.moments.weight { (a, b) } else { (b, a) };
-        let reach = heavy.absorb_reach.max(MIN_REACH);
-        if light.moments.weight <= ABSORB_WEIGHT_RATIO * heavy.moments.weight && d2 < reach * reach {
-            return d2 / (reach * reach);
+    fn new(clusters: Vec<Moments>, merge_distance: f32, unbounded: bool) -> Merger {
+        let n = clusters.len();
+        // Reaches lie between the merge distance and ABSORB_MAX_FACTOR (>= 1) times it.
+        let centres: Vec<Oklab> = clusters.iter().map(Moments::mean).collect();
+        let grid = (!unbounded && n > MAX_SCANNED_CLUSTERS).then(|| Grid::new(ABSORB_MAX_FACTOR * merge_distance, &centres));
+        let merge_distance = merge_distance.max(MIN_REACH);
+        let mut merger = Merger {
+            centres,
+            weights: vec![0.0; n],
+            reach2: vec![0.0; n],
+            moments: clusters,
+            merge2: merge_distance * merge_distance,
+            max_reach2: if unbounded { f32::INFINITY } else { (ABSORB_MAX_FACTOR * merge_distance).powi(2) },
+            merge_distance,
+            count: n,
+            nearest: vec![None; n],
+            heap: BinaryHeap::new(),
+            grid,
+            limit: if unbounded { f32::INFINITY } else { 1.0 },
+            rescanned: vec![0; n],
+            epoch: 0,
+            near_buffer: Vec::new(),
+            cell_buffer: Vec::new(),
+        };
+        for i in 0..n {
+            merger.refresh(i);
+            if let Some(grid) = &mut merger.grid {
+                grid.insert(merger.centres[i], i as u32);
+            }
         }
-        let reach = self.merge_distance.max(MIN_REACH);
-        d2 / (reach * reach)
+        merger
     }
 
-    /// Appends the clusters that may merge with one centred at `c` (including itself).
-    fn push_neighbours(&self, c: Oklab, out: &mut Vec<u32>) {
-        match &self.grid {
-            Some(grid) => grid.push_neighbours(c, out),
-            None => out.extend((0..self.nodes.len() as u32).filter(|&j| self.alive[j as usize])),
-        }
+    /// Recomputes the derived arrays of cluster `i` from its moments.
+    fn refresh(&mut self, i: usize) {
+        let m = &self.moments[i];
+        let reach = (ABSORB_SPREAD_MULTIPLE * m.spread()).min(ABSORB_MAX_FACTOR * self.merge_distance).max(self.merge_distance);
+        self.centres[i] = m.mean();
+        self.weights[i] = m.weight as f32;
+        self.reach2[i] = reach * reach;
+    }
+
+    fn alive(&self, i: usize) -> bool {
+        self.weights[i] >= 0.0
+    }
+
+    /// Squared score of merging `i` and `j`: squared distance over the squared merge
+    /// distance, or over the squared absorbing reach of the heavier for a light fragment
+    /// within that reach. Beyond the reach a fragment scores like any pair, so with
+    /// `--colors N` a far accent is ordered by its plain distance and merges after closer
+    /// big clusters.
+    #[inline(always)]
+    fn score(&self, i: usize, j: usize) -> f32 {
+        self.score_at(i, j, self.centres[i].dist2(self.centres[j]))
+    }
+
+    /// [`Merger::score`] given the squared distance `d2` between the two.
+    #[inline(always)]
+    fn score_at(&self, i: usize, j: usize, d2: f32) -> f32 {
+        let (wi, wj) = (self.weights[i], self.weights[j]);
+        let (light, heavy, heavy_reach2) = if wi <= wj { (wi, wj, self.reach2[j]) } else { (wj, wi, self.reach2[i]) };
+        let absorbed = light <= ABSORB_WEIGHT_RATIO * heavy && d2 < heavy_reach2;
+        d2 / if absorbed { heavy_reach2 } else { self.merge2 }
     }
 
     /// The best merge for `i`: lowest score below the limit, lowest index on a tie.
-    fn best_merge(&self, i: usize, scratch: &mut Vec<u32>) -> Option<(f32, u32)> {
-        scratch.clear();
-        self.push_neighbours(self.nodes[i].centre, scratch);
-        let mut best: Option<(f32, u32)> = None;
-        for &j in scratch.iter() {
-            if j as usize == i {
-                continue;
+    fn best_merge(&mut self, i: usize) -> Option<(f32, u32)> {
+        let mut best = (self.limit, u32::MAX);
+        match &self.grid {
+            Some(grid) => {
+                let mut near = std::mem::take(&mut self.cell_buffer);
+                near.clear();
+                grid.push_neighbours(self.centres[i], &mut near);
+                for &j in &near {
+                    if j as usize != i {
+                        let score = self.score(i, j as usize);
+                        if (score, j) < best {
+                            best = (score, j);
+                        }
+                    }
+                }
+                self.cell_buffer = near;
             }
-            let score = self.score(i, j as usize);
-            if score < self.limit && best.is_none_or(|b| (score, j) < b) {
-                best = Some((score, j));
+            None => {
+                let centre = self.centres[i];
+                for j in 0..self.moments.len() {
+                    // Farther than the largest reach scores at least 1: no merge below the limit 1.
+                    let d2 = centre.dist2(self.centres[j]);
+                    if d2 < self.max_reach2 && j != i && self.alive(j) {
+                        let score = self.score_at(i, j, d2);
+                        if score < best.0 {
+                            best = (score, j as u32);
+                        }
+                    }
+                }
             }
         }
-        best
+        (best.1 != u32::MAX).then_some(best)
     }
 
     fn set_nearest(&mut self, i: usize, best: Option<(f32, u32)>) {
@@ -430,74 +510,87 @@ impl Merger {
         }
     }
 
+    /// Appends the clusters that may merge with one centred at `c`.
+    fn push_neighbours(&self, c: Oklab, out: &mut Vec<u32>) {
+        match &self.grid {
+            Some(grid) => grid.push_neighbours(c, out),
+            None => out.extend((0..self.moments.len() as u32).filter(|&j| self.alive(j as usize))),
+        }
+    }
+
     fn run(&mut self, min_count: usize) {
-        let mut scratch = Vec::new();
-        for i in 0..self.nodes.len() {
-            let best = self.best_merge(i, &mut scratch);
+        for i in 0..self.moments.len() {
+            let best = self.best_merge(i);
             self.set_nearest(i, best);
         }
         while self.count > min_count {
             let Some(Reverse(c)) = self.heap.pop() else { break };
             let (i, j) = (c.owner as usize, c.other as usize);
             // Entries go stale when either side merges or finds a better partner.
-            if self.alive[i] && self.alive[j] && self.nearest[i] == Some((c.score, c.other)) {
-                self.merge(i, j, &mut scratch);
+            if self.alive(i) && self.alive(j) && self.nearest[i] == Some((c.score, c.other)) {
+                self.merge(i, j);
             }
         }
     }
 
-    /// Merges the pair into the lower index and updates the nearest-neighbour cache of
-    /// every cluster that could be affected.
-    fn merge(&mut self, i: usize, j: usize, scratch: &mut Vec<u32>) {
+    /// Merges the pair into the lower index and updates the best-merge cache of every
+    /// cluster that could be affected.
+    fn merge(&mut self, i: usize, j: usize) {
         let (kept, gone) = (i.min(j), i.max(j));
-        let (old_kept, old_gone) = (self.nodes[kept].centre, self.nodes[gone].centre);
-        let mut moments = self.nodes[kept].moments;
-        moments.add(&self.nodes[gone].moments);
-        self.nodes[kept] = Node::new(moments, self.merge_distance);
-        self.alive[gone] = false;
+        let (old_kept, old_gone) = (self.centres[kept], self.centres[gone]);
+        let gone_moments = self.moments[gone];
+        self.moments[kept].add(&gone_moments);
+        self.refresh(kept);
+        self.weights[gone] = -1.0;
         self.nearest[gone] = None;
         self.count -= 1;
-        let new_centre = self.nodes[kept].centre;
+        let new_centre = self.centres[kept];
         if let Some(grid) = &mut self.grid {
             grid.remove(old_gone, gone as u32);
             grid.remove(old_kept, kept as u32);
             grid.insert(new_centre, kept as u32);
         }
         self.epoch += 1;
-        let best = self.best_merge(kept, scratch);
+        let best = self.best_merge(kept);
         self.set_nearest(kept, best);
 
-        // Whoever had one of the pair as its nearest lies near the pair's old centres and
-        // must look again.
+        // Whoever had one of the pair as its best merge lies near the pair's old centres
+        // and must look again.
         let mut near = std::mem::take(&mut self.near_buffer);
         near.clear();
         self.push_neighbours(old_kept, &mut near);
-        // Without a grid the first list already holds every cluster.
+        // Without a grid the list already holds every cluster.
         if self.grid.is_some() {
             self.push_neighbours(old_gone, &mut near);
         }
         for &k in &near {
             let k = k as usize;
-            if k == kept || !self.alive[k] || self.rescanned[k] == self.epoch {
+            if k == kept || !self.alive(k) || self.rescanned[k] == self.epoch {
                 continue;
             }
             if let Some((_, t)) = self.nearest[k] {
                 if t as usize == kept || t as usize == gone {
                     self.rescanned[k] = self.epoch;
-                    let best = self.best_merge(k, scratch);
+                    let best = self.best_merge(k);
                     self.set_nearest(k, best);
                 }
             }
         }
         // Whoever lies near the new centre may now prefer the merged cluster.
-        near.clear();
-        self.push_neighbours(new_centre, &mut near);
+        if self.grid.is_some() {
+            near.clear();
+            self.push_neighbours(new_centre, &mut near);
+        }
         for &k in &near {
             let k = k as usize;
-            if k == kept || !self.alive[k] || self.rescanned[k] == self.epoch {
+            if k == kept || !self.alive(k) || self.rescanned[k] == self.epoch {
                 continue;
             }
-            let score = self.score(k, kept);
+            let d2 = self.centres[k].dist2(new_centre);
+            if d2 >= self.max_reach2 {
+                continue;
+            }
+            let score = self.score_at(k, kept, d2);
             if score < self.limit && self.nearest[k].is_none_or(|b| (score, kept as u32) < b) {
                 self.set_nearest(k, Some((score, kept as u32)));
             }
@@ -506,46 +599,25 @@ impl Merger {
     }
 }
 
-/// Steps 3 and 5: merges clusters closest first by [`Merger::score`]. With `target = None`
-/// pairs merge while they score below 1; with `Some(n)` they merge regardless until `n`
-/// remain.
-fn merge_clusters(clusters: Vec<Moments>, merge_distance: f32, target: Option<usize>) -> Vec<Moments> {
-    let min_count = target.unwrap_or(1);
-    if clusters.len() <= min_count || (target.is_none() && merge_distance <= 0.0) {
+/// Step 3: merges clusters closest first by [`Merger::score`] until `min_count`
+/// remain; pairs scoring 1 or more merge only when `unbounded` (`--colors N`).
+fn merge_clusters(clusters: Vec<Moments>, merge_distance: f32, min_count: usize, unbounded: bool) -> Vec<Moments> {
+    if clusters.len() <= min_count || (!unbounded && merge_distance <= 0.0) {
         return clusters;
     }
-    let n = clusters.len();
-    // Reaches lie between the merge distance and ABSORB_MAX_FACTOR (>= 1) times it.
-    let grid = (target.is_none() && n > MAX_SCANNED_CLUSTERS).then(|| Grid::new(ABSORB_MAX_FACTOR * merge_distance));
-    let mut merger = Merger {
-        nodes: clusters.into_iter().map(|m| Node::new(m, merge_distance)).collect(),
-        alive: vec![true; n],
-        count: n,
-        nearest: vec![None; n],
-        heap: BinaryHeap::new(),
-        grid,
-        merge_distance,
-        limit: if target.is_some() { f32::INFINITY } else { 1.0 },
-        rescanned: vec![0; n],
-        epoch: 0,
-        near_buffer: Vec::new(),
-    };
-    if let Some(grid) = &mut merger.grid {
-        for (i, node) in merger.nodes.iter().enumerate() {
-            grid.insert(node.centre, i as u32);
-        }
-    }
+    let mut merger = Merger::new(clusters, merge_distance, unbounded);
     merger.run(min_count);
-    merger.nodes.iter().zip(&merger.alive).filter(|(_, &alive)| alive).map(|(node, _)| node.moments).collect()
+    let Merger { moments, weights, .. } = merger;
+    moments.into_iter().zip(weights).filter(|&(_, w)| w >= 0.0).map(|(m, _)| m).collect()
 }
 
-/// Step 4, then step 5 on the refined clusters (with their true spreads), then step 4
+/// Step 4: Lloyd, then step 3 again with the refined clusters' true spreads, then Lloyd
 /// again if that merged anything.
-fn refine(seeds: &[Moments], clusters: Vec<Moments>, merge_distance: f32, target: Option<usize>) -> Vec<Moments> {
+fn refine(seeds: &[Moments], clusters: Vec<Moments>, merge_distance: f32, min_count: usize, unbounded: bool) -> Vec<Moments> {
     let positions: Vec<Oklab> = seeds.iter().map(Moments::mean).collect();
     let clusters = lloyd(seeds, &positions, clusters);
     let before = clusters.len();
-    let clusters = merge_clusters(clusters, merge_distance, target);
+    let clusters = merge_clusters(clusters, merge_distance, min_count, unbounded);
     if clusters.len() == before {
         clusters
     } else {
@@ -579,7 +651,7 @@ fn lloyd(seeds: &[Moments], positions: &[Oklab], mut clusters: Vec<Moments>) -> 
     clusters
 }
 
-/// Step 6: each cluster's mean rounded to sRGB8, with clusters that round alike combined.
+/// Step 5: each cluster's mean rounded to sRGB8, with clusters that round alike combined.
 fn round_and_dedupe(clusters: &[Moments]) -> Vec<([u8; 3], f64)> {
     let mut colours: Vec<([u8; 3], f64)> = Vec::with_capacity(clusters.len());
     for m in clusters {
@@ -620,10 +692,10 @@ fn fill_to(colours: &mut Vec<([u8; 3], f64)>, points: &[Point], n: usize) {
 
 /// Orders the colours by weight (heaviest first, ties by colour), assigns every sample its
 /// nearest colour, and (when `drop_unused`) drops colours no sample is nearest to.
-fn finish(samples: &[Oklab], mut colours: Vec<([u8; 3], f64)>, drop_unused: bool) -> (Palette, Vec<usize>) {
+fn finish(samples: &[Oklab], sample_seed: &[u32], mut colours: Vec<([u8; 3], f64)>, drop_unused: bool) -> (Palette, Vec<usize>) {
     colours.sort_by(|x, y| y.1.total_cmp(&x.1).then(x.0.cmp(&y.0)));
     let lab: Vec<Oklab> = colours.iter().map(|(c, _)| srgb8_to_oklab(*c)).collect();
-    let mut assignments: Vec<usize> = samples.iter().map(|&s| nearest_index(&lab, s)).collect();
+    let mut assignments = snap_by_seed(samples, sample_seed, &lab);
     let mut used = vec![!drop_unused; colours.len()];
     for &k in &assignments {
         used[k] = true;
@@ -641,6 +713,64 @@ fn finish(samples: &[Oklab], mut colours: Vec<([u8; 3], f64)>, drop_unused: bool
         *a = new_index[*a];
     }
     (Palette { colours: kept }, assignments)
+}
+
+/// How much wider than the seed's diameter the gap between its nearest and second-nearest
+/// palette colours must be before its samples skip their own search: far above f32
+/// rounding in the distances, so the shortcut never changes an answer.
+const SNAP_SHORTCUT_MARGIN: f32 = 1e-4;
+
+/// The nearest palette colour of every sample, exactly as [`nearest_index`] gives it, but
+/// searched once per seed where that is certain: when the seed's nearest colour is closer
+/// than its second-nearest by more than twice the distance of any of its samples from the
+/// seed's centre, the triangle inequality makes it every sample's unique nearest colour.
+fn snap_by_seed(samples: &[Oklab], sample_seed: &[u32], palette: &[Oklab]) -> Vec<usize> {
+    let seed_count = sample_seed.iter().max().map_or(0, |&s| s as usize + 1);
+    let mut sums = vec![([0.0f64; 3], 0usize); seed_count];
+    for (s, &seed) in samples.iter().zip(sample_seed) {
+        let c = finite_or_zero(*s);
+        let (sum, count) = &mut sums[seed as usize];
+        for (t, v) in sum.iter_mut().zip([c.l, c.a, c.b]) {
+            *t += f64::from(v);
+        }
+        *count += 1;
+    }
+    let centres: Vec<Oklab> = sums
+        .iter()
+        .map(|&(sum, count)| {
+            let [l, a, b] = sum.map(|t| (t / count.max(1) as f64) as f32);
+            Oklab { l, a, b }
+        })
+        .collect();
+    let mut radius2 = vec![0.0f32; seed_count];
+    for (s, &seed) in samples.iter().zip(sample_seed) {
+        let r2 = &mut radius2[seed as usize];
+        *r2 = r2.max(finite_or_zero(*s).dist2(centres[seed as usize]));
+    }
+    let certain: Vec<Option<usize>> = centres
+        .iter()
+        .zip(&radius2)
+        .map(|(&c, &r2)| {
+            let (best, d1, d2) = closest_two(palette, c);
+            (d2.sqrt() - d1.sqrt() > 2.0 * r2.sqrt() + SNAP_SHORTCUT_MARGIN).then_some(best)
+        })
+        .collect();
+    samples.iter().zip(sample_seed).map(|(&s, &seed)| certain[seed as usize].unwrap_or_else(|| nearest_index(palette, s))).collect()
+}
+
+/// The index of the entry nearest to `c` (lowest on a tie) and the squared distances to the
+/// nearest and second-nearest entries (infinite when there is no second).
+fn closest_two(colours: &[Oklab], c: Oklab) -> (usize, f32, f32) {
+    let (mut best, mut d1, mut d2) = (0, f32::INFINITY, f32::INFINITY);
+    for (i, p) in colours.iter().enumerate() {
+        let d = c.dist2(*p);
+        if d < d1 {
+            (best, d1, d2) = (i, d, d1);
+        } else if d < d2 {
+            d2 = d;
+        }
+    }
+    (best, d1, d2)
 }
 
 #[cfg(test)]
