@@ -40,7 +40,10 @@
 //!
 //! # Metrics
 //! - **Right pixel**: both transparent (their RGB and exact alpha are ignored), or both
-//!   opaque and within tolerance on R, G, B and A. `pixel_accuracy` = right pixels / pixels
+//!   opaque and within tolerance on R, G and B, and on A too when
+//!   `compare_alpha_levels` is set. By default alpha counts by class only: the restorers
+//!   binarise alpha on purpose (crisp alpha is part of the product), so a translucent
+//!   pixel of the clean sprite restored fully opaque in the right colour is right. `pixel_accuracy` = right pixels / pixels
 //!   of the compared grid (1 for an empty grid). `exact` = `size_match` and every pixel
 //!   right.
 //! - **PSNR**: on premultiplied RGBA in 0-255 (`c * a / 255` for R, G, B; A as is), the mean
@@ -98,6 +101,9 @@ pub struct MetricOptions {
     pub alpha_threshold: u8,
     /// OKLab distance above which two neighbouring opaque pixels form an edge.
     pub edge_threshold: f32,
+    /// Whether two opaque pixels must also agree on alpha within the tolerance (for
+    /// restorers that keep alpha levels); by default only the opacity class counts.
+    pub compare_alpha_levels: bool,
 }
 
 impl Default for MetricOptions {
@@ -106,6 +112,7 @@ impl Default for MetricOptions {
             exact_tolerance: 8,
             alpha_threshold: 128,
             edge_threshold: 0.05,
+            compare_alpha_levels: false,
         }
     }
 }
@@ -244,7 +251,8 @@ pub fn content_box(img: &RgbaImage, opts: &MetricOptions) -> ContentBox {
 pub fn pixel_is_right(a: &Rgba<u8>, b: &Rgba<u8>, opts: &MetricOptions) -> bool {
     match (is_transparent(a, opts), is_transparent(b, opts)) {
         (true, true) => true,
-        (false, false) => within_tolerance(a, b, opts),
+        (false, false) if opts.compare_alpha_levels => within_tolerance(a, b, opts),
+        (false, false) => a.0[..3].iter().zip(&b.0[..3]).all(|(&x, &y)| x.abs_diff(y) <= opts.exact_tolerance),
         _ => false,
     }
 }
@@ -548,11 +556,25 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
+    // The strict definition (alpha levels compared too); the default differs only in that.
     const OPTS: MetricOptions = MetricOptions {
         exact_tolerance: 8,
         alpha_threshold: 128,
         edge_threshold: 0.05,
+        compare_alpha_levels: true,
     };
+
+    #[test]
+    fn by_default_opaque_alpha_counts_by_class_only() {
+        // A sprite with one transparent corner (so the content box is the sprite itself).
+        let sprite = |p: [u8; 4]| RgbaImage::from_fn(3, 3, |x, y| if x + y == 0 { Rgba(CLEAR) } else { Rgba(p) });
+        let translucent = sprite([40, 90, 200, 150]);
+        let binarised = sprite([40, 90, 200, 255]);
+        assert!(score(&binarised, &translucent, &MetricOptions::default()).exact);
+        assert!(!score(&binarised, &translucent, &OPTS).exact);
+        let recoloured = sprite([60, 90, 200, 255]);
+        assert!(!score(&recoloured, &translucent, &MetricOptions::default()).exact);
+    }
     const CLEAR: [u8; 4] = [0, 0, 0, 0];
     const RED: [u8; 4] = [255, 0, 0, 255];
     const BLUE: [u8; 4] = [0, 0, 255, 255];
@@ -662,13 +684,13 @@ mod tests {
 
     #[test]
     fn defaults_and_partial_options_deserialise() {
-        assert_eq!(MetricOptions::default(), OPTS);
+        assert_eq!(MetricOptions::default(), MetricOptions { compare_alpha_levels: false, ..OPTS });
         let parsed: MetricOptions = serde_json::from_str(r#"{"exact_tolerance": 3}"#).unwrap();
         assert_eq!(
             parsed,
             MetricOptions {
                 exact_tolerance: 3,
-                ..OPTS
+                ..MetricOptions::default()
             }
         );
     }

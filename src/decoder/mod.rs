@@ -8,7 +8,11 @@
 //!    tent that favours the centre, and each OKLab channel and alpha is the weighted median
 //!    (outliers from noise and JPEG ringing do not move a median);
 //! 2. snaps the colours of the opaque cells to a palette ([`crate::palette`]): chosen
-//!    automatically by clustering in OKLab, limited to N colours, or given by the user;
+//!    automatically by clustering in OKLab, limited to N colours, or given by the user.
+//!    The automatic palette merges colours closer than [`NOISE_MERGE_FACTOR`] times the
+//!    image's cell-colour noise (capped by the palette options' merge distance): on a clean
+//!    image nothing but exact duplicates merges, so close shades of the art survive, while
+//!    drifted and noisy cells of one colour still become one;
 //! 3. binarises alpha at a threshold (or keeps the levels), optionally turns a flat
 //!    background into transparency and optionally removes isolated stray pixels.
 
@@ -16,6 +20,11 @@ use crate::colour::{oklab_to_srgb8, srgb8_to_oklab, Oklab};
 use crate::grid::Grid;
 use crate::palette::{auto_palette, snap_to_palette, AutoPaletteOptions, Palette};
 use image::{Rgba, RgbaImage};
+
+/// Colours closer than this many times the cell-colour noise merge into one.
+pub const NOISE_MERGE_FACTOR: f32 = 3.0;
+/// The smallest merge distance: well under one 8-bit step of any channel.
+const MIN_MERGE_DISTANCE: f32 = 0.002;
 
 /// Share of a cell's size, on each side, left out of its interior.
 pub const CELL_MARGIN: f32 = 0.2;
@@ -175,7 +184,11 @@ pub fn decode(cells: &CellColours, opts: &DecodeOptions) -> Decoded {
     let visible_idx: Vec<usize> = (0..n).filter(|&i| visible[i]).collect();
     let samples: Vec<Oklab> = visible_idx.iter().map(|&i| cells.colour[i]).collect();
     let (palette, assignment) = match &opts.palette {
-        PaletteChoice::Auto(auto) => auto_palette(&samples, &vec![1.0; samples.len()], auto),
+        PaletteChoice::Auto(auto) => {
+            let merge_distance = (NOISE_MERGE_FACTOR * cell_noise(cells, &visible)).clamp(MIN_MERGE_DISTANCE, auto.merge_distance.max(MIN_MERGE_DISTANCE));
+            let auto = AutoPaletteOptions { merge_distance, ..*auto };
+            auto_palette(&samples, &vec![1.0; samples.len()], &auto)
+        }
         PaletteChoice::Fixed(p) => {
             let a = snap_to_palette(&samples, p);
             (p.clone(), a)
@@ -212,6 +225,28 @@ pub fn decode(cells: &CellColours, opts: &DecodeOptions) -> Decoded {
         palette.colours.iter().zip(&seen).filter(|(_, &s)| s).map(|(c, _)| *c).collect()
     };
     Decoded { image, palette: used }
+}
+
+/// The noise of cell colours: the median, over visible cells, of the OKLab distance
+/// to the most similar visible 4-neighbour. Most cells of pixel art share their colour with
+/// a neighbour, so this is how far apart cells of one colour came out; the median keeps
+/// dithered and detailed areas, where no neighbour shares the colour, from inflating it.
+pub fn cell_noise(cells: &CellColours, visible: &[bool]) -> f32 {
+    let (cols, rows) = (cells.cols as usize, cells.rows as usize);
+    let mut nearest: Vec<f32> = (0..cols * rows)
+        .filter(|&i| visible[i])
+        .filter_map(|i| {
+            neighbours(i, cols, rows)
+                .filter(|&j| visible[j])
+                .map(|j| cells.colour[i].dist(cells.colour[j]))
+                .min_by(f32::total_cmp)
+        })
+        .collect();
+    if nearest.is_empty() {
+        return 0.0;
+    }
+    let k = nearest.len() / 2;
+    *nearest.select_nth_unstable_by(k, f32::total_cmp).1
 }
 
 /// The colour a cell would have without palette snapping, as 8-bit sRGB.

@@ -116,6 +116,8 @@ const WINDOWS_PER_PROFILE: usize = 3;
 /// Relative step of the period ladder, and of its refinement around the best rung.
 const LADDER_STEP: f32 = 0.01;
 const REFINE_STEP: f32 = 0.001;
+/// Largest move, in pixels, of a window's last tooth from one rung of the ladder to the next.
+const MAX_RUNG_SMEAR: f32 = 0.5;
 
 /// Scores a period by local comb fits: windows of [`WINDOW_PERIODS`] periods, half
 /// overlapping, each with its own best phase; the lifts and contrasts are averaged
@@ -123,9 +125,7 @@ const REFINE_STEP: f32 = 0.001;
 /// lines that drift or slip by part of a cell across the image, as generator output does.
 pub fn windowed_fit(profile: &[f32], period: f32) -> Option<(f32, f32)> {
     let len = profile.len();
-    // The same window for every period of one image (unless a period needs more), so
-    // that no period gains from fitting more phases to fewer teeth.
-    let win = ((WINDOW_PERIODS * period) as usize).max(len / WINDOWS_PER_PROFILE).max(MIN_WINDOW).min(len);
+    let win = window_len(len, period);
     let stride = (win / 2).max(1);
     let (mut score, mut contrast, mut mass) = (0.0f32, 0.0f32, 0.0f32);
     let mut start = 0;
@@ -149,15 +149,25 @@ pub fn windowed_fit(profile: &[f32], period: f32) -> Option<(f32, f32)> {
 /// size both axes agree on.
 pub const MAX_ASPECT: f32 = 1.15;
 
+/// The window of local fits for a period: the same for every period of one image (unless
+/// a period needs more), so that no period gains from fitting more phases to fewer teeth.
+fn window_len(len: usize, period: f32) -> usize {
+    ((WINDOW_PERIODS * period) as usize).max(len / WINDOWS_PER_PROFILE).max(MIN_WINDOW).min(len)
+}
+
 /// The period ladder from `from` to `to`, each rung scored by the sum of the profiles'
 /// windowed lifts (a profile that cannot be scored adds nothing).
+/// The relative step is at most `step`, and small enough that the next rung moves the
+/// last tooth of a window by at most [`MAX_RUNG_SMEAR`] pixels, so no period falls
+/// between two rungs.
 fn ladder(profiles: &[&[f32]], from: f32, to: f32, step: f32) -> Vec<(f32, f32)> {
+    let len = profiles.iter().map(|p| p.len()).max().unwrap_or(0);
     let mut rungs = Vec::new();
     let mut p = from;
     while p <= to {
         let score: f32 = profiles.iter().filter_map(|prof| windowed_fit(prof, p)).map(|(s, c)| rung_score(s, c)).sum();
         rungs.push((p, score));
-        p *= 1.0 + step;
+        p *= 1.0 + step.min(MAX_RUNG_SMEAR / window_len(len, p) as f32);
     }
     rungs
 }
@@ -190,6 +200,7 @@ pub fn fit_comb(profile: &[f32], min_period: f32, max_period: f32, fixed_phase: 
         return None;
     }
     let (coarse, _) = best_rung(&ladder(&[profile], min_period, max_period, LADDER_STEP))?;
+    let coarse = coarsen(&[profile], coarse, max_period);
     let lo = (coarse / (1.0 + LADDER_STEP)).max(min_period);
     let hi = (coarse * (1.0 + LADDER_STEP)).min(max_period);
     let (period, _) = best_rung(&ladder(&[profile], lo, hi, REFINE_STEP))?;
@@ -199,6 +210,59 @@ pub fn fit_comb(profile: &[f32], min_period: f32, max_period: f32, fixed_phase: 
     }
     let phase = fit_period(profile, period, fixed_phase).map_or(0.0, |f| f.phase);
     Some(CombFit { period, phase, score, contrast })
+}
+
+/// A sub-comb carrying less than this share of the strongest sub-comb's edges is empty.
+const EMPTY_SUB_COMB: f32 = 0.1;
+
+/// Fixes the one case the ranking cannot see: for large cells, half (or a third) of the
+/// period ranks almost as well as the period, the lift differing by only `1 / period`.
+/// Split into every 2nd (3rd) tooth, a true grid's sub-combs all carry edges, while those
+/// of a too-fine comb are one full and the rest empty. Then the period is multiplied.
+/// Sub-combs that are merely unequal (bars drawn on every other column, features drawn
+/// off the grid) are left alone.
+fn coarsen(profiles: &[&[f32]], mut period: f32, max_period: f32) -> f32 {
+    'again: loop {
+        for k in [2usize, 3] {
+            let coarse = period * k as f32;
+            if coarse > max_period {
+                continue;
+            }
+            let (mut strongest, mut weakest) = (0.0f32, 0.0f32);
+            for profile in profiles {
+                let Some(fit) = fit_period(profile, period, None) else { continue };
+                let subs: Vec<f32> = (0..k).map(|j| tooth_mean(profile, coarse, fit.phase + j as f32 * period)).collect();
+                strongest += subs.iter().copied().fold(0.0, f32::max);
+                weakest += subs.iter().copied().fold(f32::INFINITY, f32::min);
+            }
+            if strongest > 0.0 && weakest < EMPTY_SUB_COMB * strongest {
+                period = coarse;
+                continue 'again;
+            }
+        }
+        return period;
+    }
+}
+
+/// Mean of the profile on the teeth `phase + k * period` (within the profile's interior),
+/// each tooth triangle-weighted over one pixel either side.
+fn tooth_mean(profile: &[f32], period: f32, phase: f32) -> f32 {
+    let last = profile.len().saturating_sub(2);
+    let (mut sum, mut weight) = (0.0f32, 0.0f32);
+    let mut tooth = phase.rem_euclid(period);
+    while tooth <= last as f32 + 1.0 {
+        let lo = (tooth - 1.0).ceil().max(1.0) as usize;
+        let hi = ((tooth + 1.0).floor() as usize).min(last);
+        for x in lo..=hi {
+            let w = 1.0 - (x as f32 - tooth).abs();
+            if w > 0.0 {
+                sum += w * profile[x];
+                weight += w;
+            }
+        }
+        tooth += period;
+    }
+    if weight > 0.0 { sum / weight } else { 0.0 }
 }
 
 /// Fits both axes of an image whose cells are nearly square: the cell size both profiles
@@ -217,6 +281,7 @@ pub fn fit_square_cells(
     let Some((joint, _)) = best_rung(&ladder(&[x, y], min_period, max_period, LADDER_STEP)) else {
         return (None, None);
     };
+    let joint = coarsen(&[x, y], joint, max_period);
     let axis = |prof: &[f32], phase: Option<f32>| {
         fit_comb(prof, (joint / MAX_ASPECT).max(min_period), (joint * MAX_ASPECT).min(max_period), phase)
     };

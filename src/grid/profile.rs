@@ -161,15 +161,30 @@ mod tests {
     }
 
     #[test]
-    fn strong_and_faint_edges_count_alike() {
-        // Column 4 is a strong edge in every row, column 8 a faint one.
-        let img = RgbaImage::from_fn(12, 6, |x, _| {
-            let v = if x < 4 { 0 } else if x < 8 { 250 } else { 230 };
+    fn typical_edges_count_one_and_faint_ones_little() {
+        // Columns 3, 6 and 9 are typical edges in every row, column 12 a faint one.
+        let img = RgbaImage::from_fn(15, 6, |x, _| {
+            let v = [0u8, 120, 240, 120, 132][(x / 3) as usize];
             Rgba([v, v, v, 255])
         });
         let p = edge_profiles(&img, 1);
-        assert_eq!(p.x[4], 6.0);
-        assert_eq!(p.x[8], 6.0);
+        for x in [3, 6, 9] {
+            assert_eq!(p.x[x], 6.0, "{:?}", p.x);
+        }
+        assert!(p.x[12] > 0.0 && p.x[12] < 1.0, "{:?}", p.x);
+    }
+
+    #[test]
+    fn a_wider_radius_suppresses_ringing_beside_an_edge() {
+        // A strong edge at 6 with a weaker ringing step at 8.
+        let img = RgbaImage::from_fn(16, 4, |x, _| {
+            let v = if x < 6 { 0 } else if x < 8 { 200 } else { 170 };
+            Rgba([v, v, v, 255])
+        });
+        assert!(edge_profiles(&img, 1).x[8] > 0.0);
+        let wide = edge_profiles(&img, 3);
+        assert_eq!(wide.x[8], 0.0);
+        assert!(wide.x[6] > 0.0);
     }
 
     #[test]

@@ -75,7 +75,8 @@ pub fn auto_palette(samples: &[Oklab], weights: &[f32], opts: &AutoPaletteOption
 /// Steps 1-4 without a colour count: clusters merge while they are close. Returns the
 /// weighted colours and each sample's seed.
 fn palette_by_distance(samples: &[Oklab], weights: &[f32], merge_distance: f32) -> (Vec<([u8; 3], f64)>, Vec<u32>) {
-    let units: Vec<Moments> = samples.iter().zip(weights).map(|(&s, &w)| Moments::of(finite_or_zero(s), sample_weight(w))).collect();
+    let units: Vec<Moments> =
+        samples.iter().zip(weights).map(|(&s, &w)| Moments::of(finite_or_zero(s), sample_weight(w))).collect();
     let (seeds, sample_seed) = pool_in_cubes(&units, merge_distance, 1);
     let leaders = gather_around_leaders(&seeds, merge_distance);
     let clusters = merge_clusters(leaders, merge_distance, 1, false);
@@ -403,11 +404,13 @@ struct Merger {
 }
 
 impl Merger {
-    fn new(clusters: Vec<Moments>, merge_distance: f32, unbounded: bool) -> Merger {
+    /// `use_grid` (only with a bound) finds partners through a grid rather than scanning
+    /// all clusters; the result is the same.
+    fn new(clusters: Vec<Moments>, merge_distance: f32, unbounded: bool, use_grid: bool) -> Merger {
         let n = clusters.len();
-        // Reaches lie between the merge distance and ABSORB_MAX_FACTOR (>= 1) times it.
         let centres: Vec<Oklab> = clusters.iter().map(Moments::mean).collect();
-        let grid = (!unbounded && n > MAX_SCANNED_CLUSTERS).then(|| Grid::new(ABSORB_MAX_FACTOR * merge_distance, &centres));
+        // Reaches lie between the merge distance and ABSORB_MAX_FACTOR (>= 1) times it.
+        let grid = (use_grid && !unbounded).then(|| Grid::new(ABSORB_MAX_FACTOR * merge_distance, &centres));
         let merge_distance = merge_distance.max(MIN_REACH);
         let mut merger = Merger {
             centres,
@@ -518,7 +521,9 @@ impl Merger {
         }
     }
 
-    fn run(&mut self, min_count: usize) {
+    /// Merges until `min_count` clusters remain or no pair scores below the limit; returns
+    /// the remaining clusters in index order.
+    fn run(mut self, min_count: usize) -> Vec<Moments> {
         for i in 0..self.moments.len() {
             let best = self.best_merge(i);
             self.set_nearest(i, best);
@@ -531,6 +536,7 @@ impl Merger {
                 self.merge(i, j);
             }
         }
+        self.moments.into_iter().zip(self.weights).filter(|&(_, w)| w >= 0.0).map(|(m, _)| m).collect()
     }
 
     /// Merges the pair into the lower index and updates the best-merge cache of every
@@ -605,10 +611,8 @@ fn merge_clusters(clusters: Vec<Moments>, merge_distance: f32, min_count: usize,
     if clusters.len() <= min_count || (!unbounded && merge_distance <= 0.0) {
         return clusters;
     }
-    let mut merger = Merger::new(clusters, merge_distance, unbounded);
-    merger.run(min_count);
-    let Merger { moments, weights, .. } = merger;
-    moments.into_iter().zip(weights).filter(|&(_, w)| w >= 0.0).map(|(m, _)| m).collect()
+    let use_grid = clusters.len() > MAX_SCANNED_CLUSTERS;
+    Merger::new(clusters, merge_distance, unbounded, use_grid).run(min_count)
 }
 
 /// Step 4: Lloyd, then step 3 again with the refined clusters' true spreads, then Lloyd
@@ -755,7 +759,11 @@ fn snap_by_seed(samples: &[Oklab], sample_seed: &[u32], palette: &[Oklab]) -> Ve
             (d2.sqrt() - d1.sqrt() > 2.0 * r2.sqrt() + SNAP_SHORTCUT_MARGIN).then_some(best)
         })
         .collect();
-    samples.iter().zip(sample_seed).map(|(&s, &seed)| certain[seed as usize].unwrap_or_else(|| nearest_index(palette, s))).collect()
+    samples
+        .iter()
+        .zip(sample_seed)
+        .map(|(&s, &seed)| certain[seed as usize].unwrap_or_else(|| nearest_index(palette, s)))
+        .collect()
 }
 
 /// The index of the entry nearest to `c` (lowest on a tie) and the squared distances to the
@@ -785,6 +793,11 @@ mod tests {
     /// Five colours at least 0.15 apart in OKLab, none at the gamut's edge.
     const FIVE: [[u8; 3]; 5] = [[40, 40, 80], [200, 50, 50], [230, 200, 70], [60, 160, 80], [150, 190, 240]];
 
+    /// `c` plus independent noise on each OKLab axis.
+    fn jitter(c: Oklab, noise: &Normal<f32>, rng: &mut impl Rng) -> Oklab {
+        Oklab { l: c.l + noise.sample(rng), a: c.a + noise.sample(rng), b: c.b + noise.sample(rng) }
+    }
+
     /// `per` samples around each colour with OKLab noise `sigma` on every axis, weights
     /// uniform in [0.5, 2); returns samples, weights and each sample's true colour index.
     fn noisy_clouds(colours: &[Oklab], per: usize, sigma: f32, seed: u64) -> (Vec<Oklab>, Vec<f32>, Vec<usize>) {
@@ -793,7 +806,7 @@ mod tests {
         let (mut samples, mut weights, mut truth) = (Vec::new(), Vec::new(), Vec::new());
         for (k, c) in colours.iter().enumerate() {
             for _ in 0..per {
-                samples.push(Oklab { l: c.l + noise.sample(&mut rng), a: c.a + noise.sample(&mut rng), b: c.b + noise.sample(&mut rng) });
+                samples.push(jitter(*c, &noise, &mut rng));
                 weights.push(rng.random_range(0.5..2.0));
                 truth.push(k);
             }
@@ -911,7 +924,8 @@ mod tests {
         // N = 5 with a far accent: the two closest true colours merge, the accent stays.
         let accent = srgb8_to_oklab([255, 0, 255]);
         let nearest_to_accent = truth_colours.iter().map(|c| c.dist(accent)).fold(f32::INFINITY, f32::min);
-        assert!(nearest_to_accent > min_pairwise_distance(&truth_colours), "the test needs the accent farther than the closest pair");
+        let closest_pair = min_pairwise_distance(&truth_colours);
+        assert!(nearest_to_accent > closest_pair, "the test needs the accent farther than the closest pair");
         let (mut samples, mut weights) = (samples, weights);
         samples.push(accent);
         weights.push(1.0);
@@ -943,57 +957,86 @@ mod tests {
         assert_eq!(auto_palette(&close, &[1.0, 1.0], &nan_distance).0.colours.len(), 1, "Some(0) counts as 1");
     }
 
-    /// Pixel-art-like cell colours: `colours` noisy palette colours (sigma 0.015), 5% soft
-    /// edge mixes of two of them, and 0.5% single accents.
-    fn cell_colours(n: usize, colours: usize, seed: u64) -> (Vec<Oklab>, Vec<f32>) {
+    /// `count` clusters of 1-6 samples each (so they have spreads), scattered over part of
+    /// the gamut with a few heavy ones, for exercising the merging and leader searches.
+    fn random_clusters(count: usize, seed: u64) -> Vec<Moments> {
         let mut rng = rng_from_seed(seed);
-        let palette: Vec<Oklab> = (0..colours).map(|_| srgb8_to_oklab([rng.random(), rng.random(), rng.random()])).collect();
-        let noise = Normal::new(0.0f32, 0.015).unwrap();
-        let mut samples = Vec::with_capacity(n);
-        for _ in 0..n {
-            let roll: f32 = rng.random();
-            let c = if roll < 0.005 {
-                srgb8_to_oklab([rng.random(), rng.random(), rng.random()])
-            } else if roll < 0.055 {
-                let (p, q, t) = (palette[rng.random_range(0..colours)], palette[rng.random_range(0..colours)], rng.random_range(0.2f32..0.8));
-                Oklab { l: p.l + (q.l - p.l) * t, a: p.a + (q.a - p.a) * t, b: p.b + (q.b - p.b) * t }
-            } else {
-                palette[rng.random_range(0..colours)]
-            };
-            samples.push(Oklab { l: c.l + noise.sample(&mut rng), a: c.a + noise.sample(&mut rng), b: c.b + noise.sample(&mut rng) });
-        }
-        let weights = (0..n).map(|_| rng.random_range(1.0..40.0)).collect();
-        (samples, weights)
+        let noise = Normal::new(0.0f32, 0.01).unwrap();
+        (0..count)
+            .map(|_| {
+                let c = Oklab { l: rng.random_range(0.2..0.8), a: rng.random_range(-0.1..0.1), b: rng.random_range(-0.1..0.1) };
+                let heavy = if rng.random_bool(0.1) { 50.0 } else { 1.0 };
+                let mut m = Moments::default();
+                for _ in 0..rng.random_range(1..=6) {
+                    m.add(&Moments::of(jitter(c, &noise, &mut rng), heavy * f64::from(rng.random_range(0.5f32..2.0))));
+                }
+                m
+            })
+            .collect()
     }
 
-    /// Median wall time of `runs` calls, in milliseconds.
-    fn median_ms(runs: usize, mut f: impl FnMut()) -> f64 {
-        let mut times: Vec<f64> = (0..runs)
-            .map(|_| {
-                let start = std::time::Instant::now();
-                f();
-                start.elapsed().as_secs_f64() * 1e3
-            })
-            .collect();
-        times.sort_by(f64::total_cmp);
-        times[runs / 2]
+    fn bits(clusters: &[Moments]) -> Vec<[u64; 5]> {
+        clusters.iter().map(|m| [m.weight, m.sum[0], m.sum[1], m.sum[2], m.sum_sq].map(f64::to_bits)).collect()
     }
 
     #[test]
-    fn timing() {
-        // Loose bounds (5x the targets of 2 ms and 10 ms) so a busy machine does not fail the
-        // test; the measured times are printed (`--nocapture`).
-        for (n, colours, bound_ms) in [(4000, 16, 10.0), (10_000, 16, 50.0), (10_000, 64, 50.0)] {
-            let (samples, weights) = cell_colours(n, colours, 1);
-            for opts in [AutoPaletteOptions::default(), AutoPaletteOptions { max_colours: Some(16), ..Default::default() }] {
-                let ms = median_ms(9, || {
-                    std::hint::black_box(auto_palette(&samples, &weights, &opts));
-                });
-                let k = auto_palette(&samples, &weights, &opts).0.colours.len();
-                eprintln!("auto_palette: {n} samples, {colours} true colours, {opts:?}: {k} colours in {ms:.2} ms");
-                if !cfg!(debug_assertions) {
-                    assert!(ms < bound_ms, "{n} samples took {ms:.2} ms");
-                }
+    fn merging_through_the_grid_equals_scanning_every_cluster() {
+        for (seed, merge_distance) in [(1, 0.03), (2, 0.05), (3, 0.01)] {
+            let clusters = random_clusters(700, seed);
+            let scanned = Merger::new(clusters.clone(), merge_distance, false, false).run(1);
+            let gridded = Merger::new(clusters, merge_distance, false, true).run(1);
+            assert!(scanned.len() < 650, "the test should merge plenty: {}", scanned.len());
+            assert_eq!(bits(&scanned), bits(&gridded), "seed {seed}");
+        }
+    }
+
+    #[test]
+    fn leaders_are_the_nearest_within_the_radius() {
+        let seeds = random_clusters(500, 4);
+        let radius = 0.04;
+        // Brute force: heaviest first, nearest existing leader within the radius.
+        let mut order: Vec<usize> = (0..seeds.len()).collect();
+        order.sort_by(|&x, &y| seeds[y].weight.total_cmp(&seeds[x].weight).then(x.cmp(&y)));
+        let mut expected: Vec<(Oklab, Moments)> = Vec::new();
+        for s in order {
+            let c = seeds[s].mean();
+            let best = (0..expected.len())
+                .map(|l| (expected[l].0.dist2(c), l))
+                .filter(|&(d2, _)| d2 < radius * radius)
+                .min_by(|x, y| x.0.total_cmp(&y.0).then(x.1.cmp(&y.1)));
+            match best {
+                Some((_, l)) => expected[l].1.add(&seeds[s]),
+                None => expected.push((c, seeds[s])),
+            }
+        }
+        let expected: Vec<Moments> = expected.into_iter().map(|(_, m)| m).collect();
+        let leaders = gather_around_leaders(&seeds, radius);
+        assert!(leaders.len() < 400 && leaders.len() > 20, "{}", leaders.len());
+        assert_eq!(bits(&leaders), bits(&expected));
+    }
+
+    #[test]
+    fn large_spread_inputs_keep_every_guarantee() {
+        // 6,000 random colours: over 256 distinct (the pooled --colors path), and with a
+        // small merge distance over 512 leaders (the grid merging path).
+        let mut rng = rng_from_seed(9);
+        let samples: Vec<Oklab> = (0..6000).map(|_| srgb8_to_oklab([rng.random(), rng.random(), rng.random()])).collect();
+        let weights: Vec<f32> = (0..6000).map(|_| rng.random_range(0.0..3.0)).collect();
+        let distinct: HashSet<[u8; 3]> = samples.iter().map(|&s| rounded_srgb8(s)).collect();
+        let units: Vec<Moments> = samples.iter().map(|&s| Moments::of(s, 1.0)).collect();
+        let leaders = gather_around_leaders(&pool_in_cubes(&units, 0.02, 1).0, 0.02);
+        assert!(leaders.len() > MAX_SCANNED_CLUSTERS, "{} leaders", leaders.len());
+        for opts in [
+            AutoPaletteOptions { merge_distance: 0.02, max_colours: None },
+            AutoPaletteOptions { merge_distance: 0.04, max_colours: Some(40) },
+            AutoPaletteOptions { merge_distance: 0.04, max_colours: Some(300) },
+        ] {
+            let (palette, assignments) = auto_palette(&samples, &weights, &opts);
+            assert_eq!(assignments, snap_to_palette(&samples, &palette), "{opts:?}");
+            let unique: HashSet<[u8; 3]> = palette.colours.iter().copied().collect();
+            assert_eq!(unique.len(), palette.colours.len(), "{opts:?}");
+            if let Some(n) = opts.max_colours {
+                assert_eq!(palette.colours.len(), n.min(distinct.len()));
             }
         }
     }

@@ -77,10 +77,11 @@
 //! deterministic (no randomness; ties go to the lower index).
 //!
 //! Speed, one core, release, pixel-art-like cells (16 noisy colours, 5% soft-edge mixes,
-//! 0.5% accents; the `timing` test): 4,000 samples ~0.8 ms, 10,000 ~1.9 ms; with
-//! `--colors 16` ~1.3 ms and ~2.6 ms (the sRGB8 grouping costs extra). Lloyd and snapping
-//! cost seeds x colours, so settings that yield thousands of colours (a merge distance
-//! below ~0.01) take tens of milliseconds.
+//! 0.5% accents; the `timing` test), on a busy 2-core machine: 4,000 samples 0.75-1.3 ms,
+//! 10,000 samples 1.7-2.5 ms (4.6 ms from 64 true colours); with `--colors 16` 1.2-1.8 ms
+//! and 2.3-5 ms (the sRGB8 grouping costs extra). Lloyd and snapping cost seeds x colours,
+//! so settings that yield thousands of colours (a merge distance below ~0.01) take tens of
+//! milliseconds.
 
 mod cluster;
 mod parse;

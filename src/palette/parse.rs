@@ -94,7 +94,8 @@ impl Palette {
                 result => result,
             };
         }
-        let text = text.ok_or_else(|| PaletteError::NotText { path: path.to_owned(), format, expected: format.expected() })?;
+        let not_text = || PaletteError::NotText { path: path.to_owned(), format, expected: format.expected() };
+        let text = text.ok_or_else(not_text)?;
         Palette::from_text(text, format, path)
     }
 
@@ -202,7 +203,10 @@ fn parse_gpl(text: &str, path: &Path) -> Result<Vec<[u8; 3]>, PaletteError> {
     let mut lines = text.lines().enumerate();
     match lines.next() {
         Some((_, header)) if header.trim() == "GIMP Palette" => {}
-        Some((_, header)) => return Err(bad_line(path, 1, format, format!("the first line is `{}`, not `GIMP Palette`", header.trim()))),
+        Some((_, header)) => {
+            let problem = format!("the first line is `{}`, not `GIMP Palette`", header.trim());
+            return Err(bad_line(path, 1, format, problem));
+        }
         None => return Err(PaletteError::Empty { path: path.to_owned(), format, expected: format.expected() }),
     }
     let mut colours = Vec::new();
@@ -235,7 +239,10 @@ fn parse_jasc(text: &str, path: &Path) -> Result<Vec<[u8; 3]>, PaletteError> {
         None => return Err(bad(1, "the version and colour count are missing".into())),
     }
     let (count_line, count) = match lines.next() {
-        Some((n, count)) => (n, count.parse::<usize>().map_err(|_| bad(n, format!("the colour count `{count}` is not a whole number")))?),
+        Some((n, count)) => {
+            let not_a_count = |_| bad(n, format!("the colour count `{count}` is not a whole number"));
+            (n, count.parse::<usize>().map_err(not_a_count)?)
+        }
         None => return Err(bad(2, "the colour count is missing".into())),
     };
     let mut colours = Vec::with_capacity(count.min(4096));
