@@ -23,6 +23,11 @@ use image::{Rgba, RgbaImage};
 
 /// Colours closer than this many times the cell-colour noise merge into one.
 pub const NOISE_MERGE_FACTOR: f32 = 3.0;
+/// Cells of one colour differ from each other (drift) at most about this many times as
+/// much as pixels inside a cell do (noise, compression): the between-cell noise estimate is
+/// capped by it, so an image whose cells are perfectly flat (clean art, however textured)
+/// merges nothing.
+const DRIFT_PER_INTERIOR_NOISE: f32 = 4.0;
 /// The smallest merge distance: well under one 8-bit step of any channel.
 const MIN_MERGE_DISTANCE: f32 = 0.002;
 
@@ -40,6 +45,9 @@ pub struct CellColours {
     pub colour: Vec<Oklab>,
     /// Alpha in 0-255.
     pub alpha: Vec<f32>,
+    /// How much the cell's interior varies: the weighted median OKLab distance of its
+    /// pixels from the cell's colour (0 for a flat cell).
+    pub spread: Vec<f32>,
 }
 
 /// How the palette is chosen.
@@ -111,6 +119,7 @@ pub fn reduce_cells(img: &RgbaImage, grid: &Grid) -> CellColours {
     let n = (cols * rows) as usize;
     let mut colour = Vec::with_capacity(n);
     let mut alpha = Vec::with_capacity(n);
+    let mut spread = Vec::with_capacity(n);
     let xs: Vec<_> = grid.x_lines.windows(2).map(|w| interior(w[0], w[1], img.width())).collect();
     let ys: Vec<_> = grid.y_lines.windows(2).map(|w| interior(w[0], w[1], img.height())).collect();
     let mut samples: Vec<(Oklab, f32, f32)> = Vec::with_capacity(MAX_SAMPLES_PER_CELL * 2);
@@ -127,17 +136,19 @@ pub fn reduce_cells(img: &RgbaImage, grid: &Grid) -> CellColours {
                     samples.push((srgb8_to_oklab([p[0], p[1], p[2]]), f32::from(p[3]), wx * wy));
                 }
             }
-            let (c, a) = robust_colour(&mut samples);
+            let (c, a, s) = robust_colour(&mut samples);
             colour.push(c);
             alpha.push(a);
+            spread.push(s);
         }
     }
-    CellColours { cols, rows, colour, alpha }
+    CellColours { cols, rows, colour, alpha, spread }
 }
 
 /// Weighted medians of alpha, and of each OKLab channel over the pixels at least half
-/// opaque (all pixels when none is), so a transparent pixel's colour never leaks in.
-fn robust_colour(samples: &mut [(Oklab, f32, f32)]) -> (Oklab, f32) {
+/// opaque (all pixels when none is), so a transparent pixel's colour never leaks in; and
+/// the weighted median distance of those pixels from that colour (the cell's spread).
+fn robust_colour(samples: &mut [(Oklab, f32, f32)]) -> (Oklab, f32, f32) {
     let mut keyed: Vec<(f32, f32)> = samples.iter().map(|s| (s.1, s.2)).collect();
     let alpha = weighted_median(&mut keyed);
     let opaque: Vec<&(Oklab, f32, f32)> = samples.iter().filter(|s| s.1 >= 128.0).collect();
@@ -150,7 +161,11 @@ fn robust_colour(samples: &mut [(Oklab, f32, f32)]) -> (Oklab, f32) {
     let l = channel(|c| c.l);
     let a = channel(|c| c.a);
     let b = channel(|c| c.b);
-    (Oklab { l, a, b }, alpha)
+    let colour = Oklab { l, a, b };
+    keyed.clear();
+    keyed.extend(pool.iter().map(|s| (s.0.dist(colour), s.2)));
+    let spread = weighted_median(&mut keyed);
+    (colour, alpha, spread)
 }
 
 /// The lower weighted median of (value, weight) pairs.
@@ -231,7 +246,20 @@ pub fn decode(cells: &CellColours, opts: &DecodeOptions) -> Decoded {
 /// to the most similar visible 4-neighbour. Most cells of pixel art share their colour with
 /// a neighbour, so this is how far apart cells of one colour came out; the median keeps
 /// dithered and detailed areas, where no neighbour shares the colour, from inflating it.
+/// Capped at [`DRIFT_PER_INTERIOR_NOISE`] times the median spread inside cells, which
+/// tells texture (flat cells, different neighbours) from noise.
 pub fn cell_noise(cells: &CellColours, visible: &[bool]) -> f32 {
+    let mut spreads: Vec<f32> = (0..visible.len()).filter(|&i| visible[i]).map(|i| cells.spread[i]).collect();
+    if spreads.is_empty() {
+        return 0.0;
+    }
+    let mid = spreads.len() / 2;
+    let interior_noise = *spreads.select_nth_unstable_by(mid, f32::total_cmp).1;
+    neighbour_distance(cells, visible).min(DRIFT_PER_INTERIOR_NOISE * interior_noise)
+}
+
+/// The median OKLab distance of visible cells to their most similar visible 4-neighbour.
+fn neighbour_distance(cells: &CellColours, visible: &[bool]) -> f32 {
     let (cols, rows) = (cells.cols as usize, cells.rows as usize);
     let mut nearest: Vec<f32> = (0..cols * rows)
         .filter(|&i| visible[i])
@@ -245,8 +273,8 @@ pub fn cell_noise(cells: &CellColours, visible: &[bool]) -> f32 {
     if nearest.is_empty() {
         return 0.0;
     }
-    let k = nearest.len() / 2;
-    *nearest.select_nth_unstable_by(k, f32::total_cmp).1
+    let mid = nearest.len() / 2;
+    *nearest.select_nth_unstable_by(mid, f32::total_cmp).1
 }
 
 /// The colour a cell would have without palette snapping, as 8-bit sRGB.
