@@ -109,16 +109,8 @@ pub fn analyse(img: &RgbaImage, opts: &GridOptions) -> Result<Grid, GridError> {
             _ => fit_square_cells(&profiles.x, &profiles.y, opts.min_cell, opts.max_cell, opts.offset),
         }
     };
-    // A first pass finds the cell size; with cells of 8 pixels or more a second pass
-    // recounts edges suppressing JPEG ringing within a quarter cell, and fits again.
-    let mut profiles = profile::edge_profiles(img, 1);
+    let profiles = profile::edge_profiles(img);
     let (mut fx, mut fy) = fit_axes(&profiles);
-    let smaller_cell = fx.iter().chain(fy.iter()).map(|f| f.period).fold(f32::INFINITY, f32::min);
-    let radius = if smaller_cell.is_finite() { (smaller_cell / 4.0) as usize } else { 1 };
-    if radius > 1 {
-        profiles = profile::edge_profiles(img, radius);
-        (fx, fy) = fit_axes(&profiles);
-    }
     let overridden = fixed_x.is_some() || fixed_y.is_some();
     let ok = |f: &Option<CombFit>| overridden || f.is_some_and(|f| f.contrast >= opts.min_confidence);
     // Square cells are the norm: a weak axis borrows the strong axis's cell size.

@@ -46,19 +46,64 @@ struct Folded {
 fn fold(profile: &[f32], period: f32) -> Folded {
     let nbins = ((period * BINS_PER_PIXEL).round() as usize).max(1);
     let bin_width = period / nbins as f32;
+    let inv_bin_width = 1.0 / bin_width;
     let mut sum = vec![0.0f32; nbins];
     let mut count = vec![0.0f32; nbins];
-    let inv = 1.0 / period;
-    for (x, &v) in profile.iter().enumerate().take(profile.len().saturating_sub(1)).skip(1) {
-        let xf = x as f32;
-        let pos = xf - (xf * inv).floor() * period;
-        let b = ((pos / bin_width + 0.5) as usize) % nbins; // bin b is centred on b * bin_width
+    // The position within the period advances by one pixel per step; keeping it
+    // incrementally saves a floor and a division per position in this hot loop.
+    let mut pos = 1.0f32 % period;
+    for &v in profile.iter().take(profile.len().saturating_sub(1)).skip(1) {
+        let b = (pos * inv_bin_width + 0.5) as usize; // bin b is centred on b * bin_width
+        let b = if b >= nbins { b - nbins } else { b };
         sum[b] += v;
         count[b] += 1.0;
+        pos += 1.0;
+        if pos >= period {
+            pos -= period;
+        }
     }
     let total_sum = sum.iter().sum();
     let total_count = count.iter().sum();
     Folded { bin_width, sum, count, total_sum, total_count }
+}
+
+/// Prefix sums of a circular sequence extended by `reach` on both sides, plain and
+/// index-weighted, so that a triangle-weighted window sum costs O(1).
+struct WindowSums {
+    plain: Vec<f64>,
+    weighted: Vec<f64>,
+}
+
+impl WindowSums {
+    fn new(values: &[f32], reach: usize) -> Self {
+        let n = values.len();
+        let mut plain = Vec::with_capacity(n + 2 * reach + 1);
+        let mut weighted = Vec::with_capacity(n + 2 * reach + 1);
+        let (mut p, mut w) = (0.0f64, 0.0f64);
+        plain.push(0.0);
+        weighted.push(0.0);
+        for i in 0..n + 2 * reach {
+            let v = f64::from(values[(i + n - reach % n) % n]);
+            p += v;
+            w += i as f64 * v;
+            plain.push(p);
+            weighted.push(w);
+        }
+        Self { plain, weighted }
+    }
+
+    /// Over the window of extended indices `centre - reach ..= centre + reach`: the plain
+    /// sum, and the sum weighted by `1 - |i - centre| * step`.
+    fn window(&self, centre: usize, reach: usize, step: f64) -> (f64, f64) {
+        let (lo, hi) = (centre - reach, centre + reach + 1);
+        let plain = |a: usize, b: usize| self.plain[b] - self.plain[a];
+        let weighted = |a: usize, b: usize| self.weighted[b] - self.weighted[a];
+        let c = centre as f64;
+        let right = weighted(centre + 1, hi) - c * plain(centre + 1, hi);
+        let left = c * plain(lo, centre) - weighted(lo, centre);
+        let total = plain(lo, hi);
+        (total, total - step * (left + right))
+    }
 }
 
 /// Best phase for a period, from the folded profile. `fixed_phase` restricts the search.
@@ -66,29 +111,26 @@ fn best_phase(f: &Folded, period: f32, fixed_phase: Option<f32>) -> Option<CombF
     let nbins = f.sum.len();
     // Bins closer than one pixel to the tooth are "near": they weigh into T with a
     // triangle and are left out of M.
-    let reach = ((1.0 - 1e-4) / f.bin_width).floor() as isize;
+    let reach = (((1.0 - 1e-4) / f.bin_width).floor() as usize).min(nbins.saturating_sub(1) / 2);
     let phases: Vec<usize> = match fixed_phase {
         Some(p) => vec![((p.rem_euclid(period) / f.bin_width).round() as usize) % nbins],
         None => (0..nbins).collect(),
     };
     let mean = f.total_sum / f.total_count.max(1.0);
+    let sums = WindowSums::new(&f.sum, reach);
+    let counts = WindowSums::new(&f.count, reach);
+    let step = f64::from(f.bin_width);
     let mut best: Option<CombFit> = None;
     for pb in phases {
-        let (mut t_sum, mut t_w, mut near_sum, mut near_count) = (0.0f32, 0.0f32, 0.0f32, 0.0f32);
-        for off in -reach..=reach {
-            let b = (pb as isize + off).rem_euclid(nbins as isize) as usize;
-            let w = 1.0 - off.unsigned_abs() as f32 * f.bin_width;
-            t_sum += w * f.sum[b];
-            t_w += w * f.count[b];
-            near_sum += f.sum[b];
-            near_count += f.count[b];
-        }
-        let far_count = f.total_count - near_count;
-        if t_w <= 0.0 || far_count <= 0.0 || mean <= 0.0 {
+        // Extended index pb + reach is bin pb.
+        let (near_sum, t_sum) = sums.window(pb + reach, reach, step);
+        let (near_count, t_w) = counts.window(pb + reach, reach, step);
+        let far_count = f64::from(f.total_count) - near_count;
+        if t_w <= 1e-9 || far_count <= 0.5 || mean <= 0.0 {
             continue;
         }
-        let t = t_sum / t_w;
-        let m = ((f.total_sum - near_sum) / far_count).max(0.0);
+        let t = (t_sum / t_w) as f32;
+        let m = (((f64::from(f.total_sum) - near_sum) / far_count) as f32).max(0.0);
         let score = (t - mean) / (period * mean);
         if best.is_none_or(|b| score > b.score) {
             let contrast = if t + m > 0.0 { (t - m) / (t + m) } else { 0.0 };
@@ -117,7 +159,7 @@ const WINDOWS_PER_PROFILE: usize = 3;
 const LADDER_STEP: f32 = 0.01;
 const REFINE_STEP: f32 = 0.001;
 /// Largest move, in pixels, of a window's last tooth from one rung of the ladder to the next.
-const MAX_RUNG_SMEAR: f32 = 0.5;
+const MAX_RUNG_SMEAR: f32 = 1.0;
 
 /// Scores a period by local comb fits: windows of [`WINDOW_PERIODS`] periods, half
 /// overlapping, each with its own best phase; the lifts and contrasts are averaged

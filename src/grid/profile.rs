@@ -44,10 +44,8 @@ fn l1(a: [f32; 4], b: [f32; 4]) -> f32 {
     (a[0] - b[0]).abs() + (a[1] - b[1]).abs() + (a[2] - b[2]).abs() + (a[3] - b[3]).abs()
 }
 
-/// Computes both edge profiles. An edge must be the largest change within `radius`
-/// pixels along its row or column: 1 keeps every local maximum; larger radii suppress the
-/// ringing that JPEG leaves beside strong edges, once the cells are known to be that wide.
-pub fn edge_profiles(img: &RgbaImage, radius: usize) -> EdgeProfiles {
+/// Computes both edge profiles.
+pub fn edge_profiles(img: &RgbaImage) -> EdgeProfiles {
     let (w, h) = (img.width() as usize, img.height() as usize);
     let px = premultiplied(img);
     // dx[y * w + x]: change between (x - 1, y) and (x, y), for x in 1..w (index 0 unused).
@@ -66,14 +64,13 @@ pub fn edge_profiles(img: &RgbaImage, radius: usize) -> EdgeProfiles {
     }
     let threshold = (NOISE_FACTOR * typical_change(&dx, &dy, w, h)).max(MIN_EDGE);
     // Edges as (axis, boundary index, change): local maxima above the threshold.
-    let radius = radius.max(1);
     let mut edges: Vec<(bool, u32, f32)> = Vec::new();
     let mut line = Vec::with_capacity(w.max(h));
     for y in 0..h {
         line.clear();
         line.extend_from_slice(&dx[y * w..(y + 1) * w]);
         line[0] = 0.0;
-        for i in local_maxima(&line, threshold, radius) {
+        for i in local_maxima(&line, threshold) {
             edges.push((true, i as u32, line[i]));
         }
     }
@@ -81,7 +78,7 @@ pub fn edge_profiles(img: &RgbaImage, radius: usize) -> EdgeProfiles {
         line.clear();
         line.extend((0..h).map(|y| dy[y * w + x]));
         line[0] = 0.0;
-        for i in local_maxima(&line, threshold, radius) {
+        for i in local_maxima(&line, threshold) {
             edges.push((false, i as u32, line[i]));
         }
     }
@@ -99,14 +96,12 @@ pub fn edge_profiles(img: &RgbaImage, radius: usize) -> EdgeProfiles {
     EdgeProfiles { x: x_profile, y: y_profile }
 }
 
-/// Indices whose value exceeds `threshold`, is larger than every value up to `radius`
-/// before it and at least as large as every value up to `radius` after it.
-fn local_maxima(v: &[f32], threshold: f32, radius: usize) -> impl Iterator<Item = usize> + '_ {
+/// Indices whose value exceeds `threshold`, is larger than the value before it and at
+/// least as large as the value after it.
+fn local_maxima(v: &[f32], threshold: f32) -> impl Iterator<Item = usize> + '_ {
     (1..v.len()).filter(move |&i| {
         let c = v[i];
-        c > threshold
-            && v[i.saturating_sub(radius)..i].iter().all(|&p| c > p)
-            && v[i + 1..(i + 1 + radius).min(v.len())].iter().all(|&n| c >= n)
+        c > threshold && c > v[i - 1] && v.get(i + 1).is_none_or(|&n| c >= n)
     })
 }
 
@@ -150,7 +145,7 @@ mod tests {
             let v = art[(y / 3) as usize][(x / 3) as usize];
             Rgba([v, v, v, 255])
         });
-        let p = edge_profiles(&img, 1);
+        let p = edge_profiles(&img);
         assert_eq!(p.x.len(), 13);
         for (x, &v) in p.x.iter().enumerate() {
             assert_eq!(v > 0.0, x == 3 || x == 6 || x == 9, "x = {x}: {v}");
@@ -167,7 +162,7 @@ mod tests {
             let v = [0u8, 120, 240, 120, 132][(x / 3) as usize];
             Rgba([v, v, v, 255])
         });
-        let p = edge_profiles(&img, 1);
+        let p = edge_profiles(&img);
         for x in [3, 6, 9] {
             assert_eq!(p.x[x], 6.0, "{:?}", p.x);
         }
@@ -175,21 +170,8 @@ mod tests {
     }
 
     #[test]
-    fn a_wider_radius_suppresses_ringing_beside_an_edge() {
-        // A strong edge at 6 with a weaker ringing step at 8.
-        let img = RgbaImage::from_fn(16, 4, |x, _| {
-            let v = if x < 6 { 0 } else if x < 8 { 200 } else { 170 };
-            Rgba([v, v, v, 255])
-        });
-        assert!(edge_profiles(&img, 1).x[8] > 0.0);
-        let wide = edge_profiles(&img, 3);
-        assert_eq!(wide.x[8], 0.0);
-        assert!(wide.x[6] > 0.0);
-    }
-
-    #[test]
     fn transparent_colour_changes_do_not_count() {
         let img = RgbaImage::from_fn(6, 2, |x, _| if x < 3 { Rgba([255, 0, 0, 0]) } else { Rgba([0, 255, 0, 0]) });
-        assert!(edge_profiles(&img, 1).x.iter().all(|&v| v == 0.0));
+        assert!(edge_profiles(&img).x.iter().all(|&v| v == 0.0));
     }
 }
