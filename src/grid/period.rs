@@ -245,13 +245,39 @@ pub fn fit_comb(profile: &[f32], min_period: f32, max_period: f32, fixed_phase: 
     let coarse = coarsen(&[profile], coarse, max_period);
     let lo = (coarse / (1.0 + LADDER_STEP)).max(min_period);
     let hi = (coarse * (1.0 + LADDER_STEP)).min(max_period);
-    let (period, _) = best_rung(&ladder(&[profile], lo, hi, REFINE_STEP))?;
-    let (score, contrast) = windowed_fit(profile, period)?;
+    let (local, _) = best_rung(&ladder(&[profile], lo, hi, REFINE_STEP))?;
+    let (score, contrast) = windowed_fit(profile, local)?;
     if !(score > 0.0) {
         return None;
     }
+    let period = mean_period(profile, local, fixed_phase);
     let phase = fit_period(profile, period, fixed_phase).map_or(0.0, |f| f.phase);
     Some(CombFit { period, phase, score, contrast })
+}
+
+/// How far the mean period may lie from the locally fitted one.
+const MEAN_PERIOD_RANGE: f32 = 0.05;
+
+/// The mean period over the whole profile, near the locally fitted one. Local fits find
+/// the right cell size but, each window having its own phase, only to a few percent; the
+/// line placement needs the mean to a fraction of a pixel over the whole image, or it
+/// fits one cell too many or too few where lines have no edges. A single comb over the
+/// whole profile gives that: steps move its last tooth by at most half a pixel.
+fn mean_period(profile: &[f32], local: f32, fixed_phase: Option<f32>) -> f32 {
+    let span = profile.len().saturating_sub(1).max(1) as f32;
+    let step = 1.0 + (0.5 / span).min(REFINE_STEP);
+    let mut best = (local, f32::NEG_INFINITY);
+    let mut p = local / (1.0 + MEAN_PERIOD_RANGE);
+    while p <= local * (1.0 + MEAN_PERIOD_RANGE) {
+        if let Some(fit) = fit_period(profile, p, fixed_phase) {
+            let score = rung_score(fit.score, fit.contrast);
+            if score > best.1 {
+                best = (p, score);
+            }
+        }
+        p *= step;
+    }
+    best.0.max(MIN_PERIOD)
 }
 
 /// A sub-comb carrying less than this share of the strongest sub-comb's edges is empty.
