@@ -184,7 +184,7 @@ fn evaluate_pair(
             millis,
         });
     }
-    let row = keep_for_sheet.then(|| SheetRow { degraded, clean, restored: restored_for_sheet });
+    let row = keep_for_sheet.then_some(SheetRow { degraded, clean, restored: restored_for_sheet });
     Ok((results, row))
 }
 

@@ -100,9 +100,32 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     std::fs::create_dir_all(&dir)?;
     let mut tmp = tempfile::Builder::new().prefix(".spritedx-").suffix(".tmp").tempfile_in(&dir)?;
     tmp.write_all(bytes)?;
+    persist_atomic(tmp, path)
+}
+
+/// Finishes an atomic write: flushes the temporary file to disk and renames it over
+/// `path`. Temporary files are private (0600); the output gets the permissions of the file
+/// it replaces, or those of an ordinary new file.
+pub fn persist_atomic(tmp: tempfile::NamedTempFile, path: &Path) -> std::io::Result<()> {
+    let permissions = match std::fs::metadata(path) {
+        Ok(existing) => existing.permissions(),
+        Err(_) => new_file_permissions(tmp.as_file())?,
+    };
+    tmp.as_file().set_permissions(permissions)?;
     tmp.as_file().sync_all()?;
     tmp.persist(path).map_err(|e| e.error)?;
     Ok(())
+}
+
+#[cfg(unix)]
+fn new_file_permissions(_file: &std::fs::File) -> std::io::Result<std::fs::Permissions> {
+    use std::os::unix::fs::PermissionsExt;
+    Ok(std::fs::Permissions::from_mode(0o644))
+}
+
+#[cfg(not(unix))]
+fn new_file_permissions(file: &std::fs::File) -> std::io::Result<std::fs::Permissions> {
+    Ok(file.metadata()?.permissions())
 }
 
 #[cfg(test)]
@@ -183,5 +206,10 @@ mod tests {
         assert_eq!(load_rgba(&p).unwrap().dimensions(), (3, 3));
         let names: Vec<_> = std::fs::read_dir(dir.path().join("sub")).unwrap().map(|e| e.unwrap().file_name()).collect();
         assert_eq!(names.len(), 1, "{names:?}");
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            assert_eq!(std::fs::metadata(&p).unwrap().permissions().mode() & 0o777, 0o644, "readable by others like any new file");
+        }
     }
 }

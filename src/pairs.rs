@@ -15,7 +15,7 @@
 //! Files are processed in chunks, so memory stays constant in the number of sprites.
 
 use crate::degrade::{self, DegradeConfig, DegradeParams};
-use crate::io::{load_rgba, save_png_atomic, write_atomic};
+use crate::io::{load_rgba, persist_atomic, save_png_atomic, write_atomic};
 use crate::rng::{derive_seed, fnv1a};
 use crate::split::{in_split, Split};
 use anyhow::{bail, Context, Result};
@@ -143,8 +143,7 @@ pub fn write_pair_set(
             }
         }
     }
-    manifest.as_file().sync_all()?;
-    manifest.persist(&manifest_path).map_err(|e| e.error)?;
+    persist_atomic(manifest, &manifest_path)?;
     Ok(summary)
 }
 

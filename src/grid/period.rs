@@ -247,7 +247,8 @@ pub fn fit_comb(profile: &[f32], min_period: f32, max_period: f32, fixed_phase: 
     let hi = (coarse * (1.0 + LADDER_STEP)).min(max_period);
     let (local, _) = best_rung(&ladder(&[profile], lo, hi, REFINE_STEP))?;
     let (score, contrast) = windowed_fit(profile, local)?;
-    if !(score > 0.0) {
+    // NaN and negative lifts alike mean the comb explains nothing.
+    if score.is_nan() || score <= 0.0 {
         return None;
     }
     let period = mean_period(profile, local, fixed_phase);
@@ -321,10 +322,10 @@ fn tooth_mean(profile: &[f32], period: f32, phase: f32) -> f32 {
     while tooth <= last as f32 + 1.0 {
         let lo = (tooth - 1.0).ceil().max(1.0) as usize;
         let hi = ((tooth + 1.0).floor() as usize).min(last);
-        for x in lo..=hi {
+        for (x, &v) in profile.iter().enumerate().take(hi + 1).skip(lo) {
             let w = 1.0 - (x as f32 - tooth).abs();
             if w > 0.0 {
-                sum += w * profile[x];
+                sum += w * v;
                 weight += w;
             }
         }
