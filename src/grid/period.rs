@@ -44,15 +44,23 @@ struct Folded {
 
 /// Folds the interior of the profile (the image borders are not grid evidence).
 fn fold(profile: &[f32], period: f32) -> Folded {
+    fold_range(profile, period, 0, profile.len())
+}
+
+/// Folds the profile positions in `start..end` (the image borders excluded), by their
+/// position in the whole profile, so that folds of adjacent ranges add up.
+fn fold_range(profile: &[f32], period: f32, start: usize, end: usize) -> Folded {
     let nbins = ((period * BINS_PER_PIXEL).round() as usize).max(1);
     let bin_width = period / nbins as f32;
     let inv_bin_width = 1.0 / bin_width;
     let mut sum = vec![0.0f32; nbins];
     let mut count = vec![0.0f32; nbins];
+    let first = start.max(1);
+    let last = end.min(profile.len().saturating_sub(1));
     // The position within the period advances by one pixel per step; keeping it
     // incrementally saves a floor and a division per position in this hot loop.
-    let mut pos = 1.0f32 % period;
-    for &v in profile.iter().take(profile.len().saturating_sub(1)).skip(1) {
+    let mut pos = (first as f32) % period;
+    for &v in profile.get(first..last).unwrap_or(&[]) {
         let b = (pos * inv_bin_width + 0.5) as usize; // bin b is centred on b * bin_width
         let b = if b >= nbins { b - nbins } else { b };
         sum[b] += v;
@@ -65,6 +73,20 @@ fn fold(profile: &[f32], period: f32) -> Folded {
     let total_sum = sum.iter().sum();
     let total_count = count.iter().sum();
     Folded { bin_width, sum, count, total_sum, total_count }
+}
+
+impl Folded {
+    /// The fold of two adjacent ranges together.
+    fn joined(&self, other: &Folded) -> Folded {
+        let add = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| x + y).collect();
+        Folded {
+            bin_width: self.bin_width,
+            sum: add(&self.sum, &other.sum),
+            count: add(&self.count, &other.count),
+            total_sum: self.total_sum + other.total_sum,
+            total_count: self.total_count + other.total_count,
+        }
+    }
 }
 
 /// Prefix sums of a circular sequence extended by `reach` on both sides, plain and
@@ -82,8 +104,11 @@ impl WindowSums {
         let (mut p, mut w) = (0.0f64, 0.0f64);
         plain.push(0.0);
         weighted.push(0.0);
-        for i in 0..n + 2 * reach {
-            let v = f64::from(values[(i + n - reach % n) % n]);
+        // Extended index i holds bin (i - reach) mod n: the last `reach` bins, all bins,
+        // then the first `reach` bins.
+        let extended = values[n - reach..].iter().chain(values).chain(&values[..reach]);
+        for (i, &v) in extended.enumerate() {
+            let v = f64::from(v);
             p += v;
             w += i as f64 * v;
             plain.push(p);
@@ -165,24 +190,23 @@ const MAX_RUNG_SMEAR: f32 = 1.0;
 /// overlapping, each with its own best phase; the lifts and contrasts are averaged
 /// weighted by each window's share of the profile. Local phases make the score immune to
 /// lines that drift or slip by part of a cell across the image, as generator output does.
+/// Each half window is folded once and windows join two neighbouring halves.
 pub fn windowed_fit(profile: &[f32], period: f32) -> Option<(f32, f32)> {
     let len = profile.len();
-    let win = window_len(len, period);
-    let stride = (win / 2).max(1);
+    let half = (window_len(len, period) / 2).max(1);
+    let halves: Vec<Folded> = (0..len).step_by(half).map(|s| fold_range(profile, period, s, s + half)).collect();
+    let windows: Vec<Folded> = if halves.len() < 2 {
+        vec![fold(profile, period)]
+    } else {
+        halves.windows(2).map(|pair| pair[0].joined(&pair[1])).collect()
+    };
     let (mut score, mut contrast, mut mass) = (0.0f32, 0.0f32, 0.0f32);
-    let mut start = 0;
-    loop {
-        let window = &profile[start..(start + win).min(len)];
-        let folded = fold(window, period);
-        if let Some(fit) = best_phase(&folded, period, None) {
+    for folded in &windows {
+        if let Some(fit) = best_phase(folded, period, None) {
             score += folded.total_sum * fit.score;
             contrast += folded.total_sum * fit.contrast;
             mass += folded.total_sum;
         }
-        if start + win >= len {
-            break;
-        }
-        start = (start + stride).min(len - win);
     }
     (mass > 0.0).then(|| (score / mass, contrast / mass))
 }
@@ -214,12 +238,14 @@ fn ladder(profiles: &[&[f32]], from: f32, to: f32, step: f32) -> Vec<(f32, f32)>
     rungs
 }
 
-/// How a period ranks: its lift, times its contrast squared. The lift alone can favour a
+/// How a period ranks: its lift times its contrast. The lift alone can favour a
 /// fraction of the true period when the art has texture or features drawn off the grid
-/// (the extra teeth find a little of it); the contrast drops sharply for such combs, while
-/// the lift keeps multiples of the period, whose contrast is as high, from winning.
+/// (the extra teeth find a little of it), and the contrast drops for such combs; the lift
+/// keeps multiples of the period, whose contrast is as high, from winning. (Squaring the
+/// contrast would also punish true 2-pixel grids, whose blurred edges leave no clean space
+/// between teeth.)
 fn rung_score(lift: f32, contrast: f32) -> f32 {
-    lift * contrast.max(0.0) * contrast.max(0.0)
+    lift * contrast.max(0.0)
 }
 
 fn best_rung(rungs: &[(f32, f32)]) -> Option<(f32, f32)> {
