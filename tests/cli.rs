@@ -144,3 +144,65 @@ fn bad_arguments_fail_with_a_clear_message() {
     assert!(!o.status.success());
     assert!(text(&o).contains("unknown model"), "{}", text(&o));
 }
+
+#[test]
+fn restore_options_palette_colours_background_and_grid_overrides() {
+    let tmp = tempfile::tempdir().unwrap();
+    let clean = sprite(5);
+    let input = tmp.path().join("in.png");
+    upscale(&clean, 4).save(&input).unwrap();
+    let out = |name: &str| tmp.path().join(name);
+    let run = |args: &[&str]| {
+        let o = spritedx(args);
+        assert!(o.status.success(), "{:?}: {}", args, text(&o));
+    };
+    let colours = |p: &Path| {
+        let img = image::open(p).unwrap().to_rgba8();
+        let mut set: Vec<[u8; 4]> = img.pixels().filter(|p| p[3] > 0).map(|p| p.0).collect();
+        set.sort();
+        set.dedup();
+        set
+    };
+
+    // --colors 2: at most two opaque colours.
+    run(&["restore", input.to_str().unwrap(), "-o", out("two.png").to_str().unwrap(), "--colors", "2"]);
+    assert!(colours(&out("two.png")).len() <= 2);
+
+    // --palette: every opaque pixel is one of the palette's colours.
+    let hex = tmp.path().join("p.hex");
+    std::fs::write(&hex, "000000\nffffff\nff0000\n").unwrap();
+    run(&["restore", input.to_str().unwrap(), "-o", out("pal.png").to_str().unwrap(), "--palette", hex.to_str().unwrap()]);
+    for c in colours(&out("pal.png")) {
+        assert!([[0, 0, 0, 255], [255, 255, 255, 255], [255, 0, 0, 255]].contains(&c), "{c:?}");
+    }
+
+    // --cell-size and --grid give the same exact result as detection.
+    run(&["restore", input.to_str().unwrap(), "-o", out("cs.png").to_str().unwrap(), "--cell-size", "4"]);
+    run(&["restore", input.to_str().unwrap(), "-o", out("g.png").to_str().unwrap(), "--grid", "16x16"]);
+    assert_eq!(image::open(out("cs.png")).unwrap().to_rgba8(), clean);
+    assert_eq!(image::open(out("g.png")).unwrap().to_rgba8(), clean);
+
+    // --remove-background: a sprite flattened onto white gets its transparency back.
+    let flat = RgbaImage::from_fn(16, 16, |x, y| {
+        let p = clean.get_pixel(x, y);
+        if p[3] == 0 { Rgba([255, 255, 255, 255]) } else { *p }
+    });
+    let flat_in = tmp.path().join("flat.png");
+    upscale(&flat, 4).save(&flat_in).unwrap();
+    run(&["restore", flat_in.to_str().unwrap(), "-o", out("nobg.png").to_str().unwrap(), "--remove-background"]);
+    assert_eq!(image::open(out("nobg.png")).unwrap().to_rgba8(), clean);
+
+    // The report records the grid and palette.
+    let report = tmp.path().join("r.json");
+    run(&["restore", input.to_str().unwrap(), "-o", out("rep.png").to_str().unwrap(), "--report", report.to_str().unwrap()]);
+    let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+    let entry = &r[0]["restored"];
+    assert_eq!(entry["grid"]["x_lines"].as_array().unwrap().len(), 17);
+    assert!((entry["grid"]["cell_width"].as_f64().unwrap() - 4.0).abs() < 0.05);
+    assert!(!entry["palette"].as_array().unwrap().is_empty());
+
+    // Bad option values fail with a message.
+    let o = spritedx(&["restore", input.to_str().unwrap(), "-o", out("x.png").to_str().unwrap(), "--grid", "ax3"]);
+    assert!(!o.status.success());
+    assert!(text(&o).contains("cell count"), "{}", text(&o));
+}
