@@ -99,7 +99,7 @@ mod tests {
             std::fs::write(dir.path().join(name), b"x").unwrap();
         }
         let d = dir.path().to_string_lossy().into_owned();
-        assert_eq!(expand_inputs(&[d.clone()]).unwrap().len(), 2);
+        assert_eq!(expand_inputs(std::slice::from_ref(&d)).unwrap().len(), 2);
         assert_eq!(expand_inputs(&[format!("{d}/a.*")]).unwrap().len(), 1);
         assert_eq!(expand_inputs(&[format!("{d}/a.png"), d.clone()]).unwrap().len(), 2, "duplicates removed");
         assert!(expand_inputs(&[format!("{d}/missing.png")]).is_err());
@@ -110,9 +110,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let a = dir.path().join("a.png");
         std::fs::write(&a, b"x").unwrap();
-        assert!(plan_outputs(&[a.clone()], &a)[0].is_err());
-        assert!(plan_outputs(&[a.clone()], dir.path())[0].is_err(), "folder output a.png is the input");
-        let out = plan_outputs(&[a.clone()], &dir.path().join("out"));
+        assert!(plan_outputs(std::slice::from_ref(&a), &a)[0].is_err());
+        assert!(plan_outputs(std::slice::from_ref(&a), dir.path())[0].is_err(), "folder output a.png is the input");
+        let out = plan_outputs(std::slice::from_ref(&a), &dir.path().join("out"));
         assert_eq!(out[0].as_ref().unwrap(), &dir.path().join("out/a.png"));
         let jpg = dir.path().join("a.jpg");
         std::fs::write(&jpg, b"x").unwrap();
