@@ -18,6 +18,7 @@
 //! - [`pairs`]: pair sets on disk (degraded and clean images plus a JSON-lines manifest).
 //! - [`eval`]: the evaluation harness behind `spritedx eval`.
 //! - [`restorers`]: the restorers `spritedx eval` and `spritedx restore` can run.
+//! - [`nn`]: fast CPU building blocks for the learned restorers (candle custom ops).
 //! - [`split`]: the deterministic train/validation split of a sprite collection.
 //! - [`rng`]: stable seed derivation, so every sample is reproducible.
 
@@ -29,6 +30,7 @@ pub mod eval;
 pub mod grid;
 pub mod io;
 pub mod metrics;
+pub mod nn;
 pub mod pairs;
 pub mod palette;
 pub mod restorers;

@@ -1,0 +1,271 @@
+//! 3x3 convolution (stride 1, zero padding 1) on NHWC tensors as im2col + matmul.
+//!
+//! `im2col` turns an `(N, H, W, C)` input into `(N*H*W, 9*C)` columns, column
+//! `(ky * 3 + kx) * C + c` of row `(n, y, x)` holding `input[n, y + ky - 1, x + kx - 1, c]`
+//! (zero outside the image). The convolution is then `columns.matmul(weight)` with the
+//! weight stored as `(9*C_in, C_out)`. The backward of `im2col` is `col2im`, which sums
+//! each column entry back onto the input pixel it came from (written as a gather, so it
+//! parallelises without atomics); the backward of `col2im` is `im2col`. Autograd composes
+//! them with the matmul's own backward, so the convolution's input gradient is one matmul
+//! and one `col2im`, and its weight gradient one matmul.
+
+use candle_core::{backend::BackendStorage, CpuStorage, CustomOp1, DType, Layout, Result, Shape, Tensor, WithDType};
+use rayon::prelude::*;
+
+/// Geometry of an NHWC activation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Nhwc {
+    n: usize,
+    h: usize,
+    w: usize,
+    c: usize,
+}
+
+impl Nhwc {
+    fn pixels(&self) -> usize {
+        self.n * self.h * self.w
+    }
+}
+
+/// Unfolds 3x3 neighbourhoods: `(N, H, W, C)` to `(N*H*W, 9*C)`.
+struct Im2Col3x3;
+
+/// Folds columns back: `(N*H*W, 9*C)` to `(N, H, W, C)`, summing overlapping entries.
+struct Col2Im3x3(Nhwc);
+
+fn contiguous_slice<'a, T: WithDType>(storage: &'a CpuStorage, layout: &Layout, op: &str) -> Result<&'a [T]> {
+    match layout.contiguous_offsets() {
+        Some((start, end)) => Ok(&storage.as_slice::<T>()?[start..end]),
+        None => candle_core::bail!("{op} needs a contiguous input"),
+    }
+}
+
+fn im2col<T: WithDType>(input: &[T], g: Nhwc) -> Vec<T> {
+    let row = 9 * g.c;
+    let mut out = vec![T::zero(); g.pixels() * row];
+    out.par_chunks_mut(row).enumerate().for_each(|(p, cols)| {
+        let (n, y, x) = (p / (g.h * g.w), (p / g.w) % g.h, p % g.w);
+        for ky in 0..3 {
+            let sy = y as isize + ky as isize - 1;
+            if sy < 0 || sy >= g.h as isize {
+                continue;
+            }
+            for kx in 0..3 {
+                let sx = x as isize + kx as isize - 1;
+                if sx < 0 || sx >= g.w as isize {
+                    continue;
+                }
+                let src = ((n * g.h + sy as usize) * g.w + sx as usize) * g.c;
+                let dst = (ky * 3 + kx) * g.c;
+                cols[dst..dst + g.c].copy_from_slice(&input[src..src + g.c]);
+            }
+        }
+    });
+    out
+}
+
+fn col2im<T: WithDType>(cols: &[T], g: Nhwc) -> Vec<T> {
+    let row = 9 * g.c;
+    let mut out = vec![T::zero(); g.pixels() * g.c];
+    out.par_chunks_mut(g.c).enumerate().for_each(|(p, pixel)| {
+        let (n, y, x) = (p / (g.h * g.w), (p / g.w) % g.h, p % g.w);
+        // Input pixel (y, x) sits at offset (ky, kx) of output pixel (y - ky + 1, x - kx + 1).
+        for ky in 0..3 {
+            let oy = y as isize - ky as isize + 1;
+            if oy < 0 || oy >= g.h as isize {
+                continue;
+            }
+            for kx in 0..3 {
+                let ox = x as isize - kx as isize + 1;
+                if ox < 0 || ox >= g.w as isize {
+                    continue;
+                }
+                let src = ((n * g.h + oy as usize) * g.w + ox as usize) * row + (ky * 3 + kx) * g.c;
+                for (acc, &v) in pixel.iter_mut().zip(&cols[src..src + g.c]) {
+                    *acc += v;
+                }
+            }
+        }
+    });
+    out
+}
+
+impl CustomOp1 for Im2Col3x3 {
+    fn name(&self) -> &'static str {
+        "im2col3x3"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (n, h, w, c) = layout.shape().dims4()?;
+        let g = Nhwc { n, h, w, c };
+        let shape = Shape::from((g.pixels(), 9 * c));
+        match storage.dtype() {
+            DType::F32 => Ok((CpuStorage::F32(im2col(contiguous_slice::<f32>(storage, layout, self.name())?, g)), shape)),
+            DType::F64 => Ok((CpuStorage::F64(im2col(contiguous_slice::<f64>(storage, layout, self.name())?, g)), shape)),
+            other => candle_core::bail!("im2col3x3 supports f32 and f64, not {other:?}"),
+        }
+    }
+
+    fn bwd(&self, arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
+        let (n, h, w, c) = arg.dims4()?;
+        Ok(Some(grad_res.contiguous()?.apply_op1(Col2Im3x3(Nhwc { n, h, w, c }))?))
+    }
+}
+
+impl CustomOp1 for Col2Im3x3 {
+    fn name(&self) -> &'static str {
+        "col2im3x3"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let g = self.0;
+        let (rows, cols) = layout.shape().dims2()?;
+        if rows != g.pixels() || cols != 9 * g.c {
+            candle_core::bail!("col2im3x3: columns {rows}x{cols} do not match {g:?}");
+        }
+        let shape = Shape::from((g.n, g.h, g.w, g.c));
+        match storage.dtype() {
+            DType::F32 => Ok((CpuStorage::F32(col2im(contiguous_slice::<f32>(storage, layout, self.name())?, g)), shape)),
+            DType::F64 => Ok((CpuStorage::F64(col2im(contiguous_slice::<f64>(storage, layout, self.name())?, g)), shape)),
+            other => candle_core::bail!("col2im3x3 supports f32 and f64, not {other:?}"),
+        }
+    }
+
+    fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some(grad_res.contiguous()?.apply_op1(Im2Col3x3)?))
+    }
+}
+
+/// The 3x3 neighbourhoods of an NHWC tensor as `(N*H*W, 9*C)` columns (differentiable).
+pub fn im2col3x3(x: &Tensor) -> Result<Tensor> {
+    x.contiguous()?.apply_op1(Im2Col3x3)
+}
+
+/// A 3x3 convolution, stride 1, zero padding 1, on NHWC activations.
+#[derive(Clone, Debug)]
+pub struct Conv3x3 {
+    /// `(9 * C_in, C_out)`, row `(ky * 3 + kx) * C_in + c_in`.
+    pub weight: Tensor,
+    /// `(C_out,)`.
+    pub bias: Option<Tensor>,
+}
+
+impl Conv3x3 {
+    /// Takes `weight` (`(9*C_in, C_out)`) and optional `bias` (`(C_out,)`) from a VarBuilder.
+    pub fn new(vb: candle_nn::VarBuilder, c_in: usize, c_out: usize, bias: bool) -> Result<Self> {
+        let bound = 1.0 / ((9 * c_in) as f64).sqrt();
+        let init = candle_nn::Init::Uniform { lo: -bound, up: bound };
+        let weight = vb.get_with_hints((9 * c_in, c_out), "weight", init)?;
+        let bias = if bias { Some(vb.get_with_hints(c_out, "bias", init)?) } else { None };
+        Ok(Self { weight, bias })
+    }
+
+    /// Converts a PyTorch/candle `(C_out, C_in, 3, 3)` kernel to this layout.
+    pub fn weight_from_oihw(oihw: &Tensor) -> Result<Tensor> {
+        let (c_out, c_in, kh, kw) = oihw.dims4()?;
+        if (kh, kw) != (3, 3) {
+            candle_core::bail!("expected a 3x3 kernel, got {kh}x{kw}");
+        }
+        // (O, I, ky, kx) -> (ky, kx, I, O) -> (9*I, O)
+        oihw.permute((2, 3, 1, 0))?.contiguous()?.reshape((9 * c_in, c_out))
+    }
+
+    /// `x`: `(N, H, W, C_in)` -> `(N, H, W, C_out)`.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let (n, h, w, _) = x.dims4()?;
+        let y = im2col3x3(x)?.matmul(&self.weight)?;
+        let y = match &self.bias {
+            Some(b) => y.broadcast_add(b)?,
+            None => y,
+        };
+        y.reshape((n, h, w, self.weight.dim(1)?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Var};
+
+    fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
+        a.sub(b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f64>().unwrap()
+    }
+
+    /// Seeded standard-normal f64 tensor (candle's CPU generator cannot be seeded).
+    fn randn<S: Into<Shape>>(shape: S, seed: u64) -> Tensor {
+        use rand::Rng;
+        let shape = shape.into();
+        let mut rng = crate::rng::rng_from_seed(seed);
+        let v: Vec<f64> = (0..shape.elem_count()).map(|_| rng.sample(rand_distr::StandardNormal)).collect();
+        Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
+    }
+
+    fn case(n: usize, h: usize, w: usize, ci: usize, co: usize, seed: u64) -> (Tensor, Tensor, Tensor) {
+        (randn((n, h, w, ci), seed), randn((co, ci, 3, 3), seed + 1), randn(co, seed + 2))
+    }
+
+    /// candle's own conv2d on NCHW, as the reference, returned in NHWC.
+    fn reference(x: &Tensor, k: &Tensor, b: &Tensor) -> Tensor {
+        let y = x.permute((0, 3, 1, 2)).unwrap().contiguous().unwrap().conv2d(k, 1, 1, 1, 1).unwrap();
+        y.broadcast_add(&b.reshape((1, b.dim(0).unwrap(), 1, 1)).unwrap()).unwrap().permute((0, 2, 3, 1)).unwrap()
+    }
+
+    #[test]
+    fn forward_matches_candle_conv2d() {
+        // Odd sizes, batch 1 and 3, one channel; f64, tolerance 1e-10.
+        for &(n, h, w, ci, co) in &[(1, 1, 1, 1, 1), (1, 5, 7, 3, 4), (3, 4, 3, 1, 2), (2, 6, 6, 8, 5)] {
+            let (x, k, b) = case(n, h, w, ci, co, 7);
+            let conv = Conv3x3 { weight: Conv3x3::weight_from_oihw(&k).unwrap(), bias: Some(b.clone()) };
+            let d = max_abs_diff(&conv.forward(&x).unwrap(), &reference(&x, &k, &b));
+            assert!(d < 1e-10, "{n}x{h}x{w}x{ci}->{co}: {d}");
+        }
+    }
+
+    #[test]
+    fn backward_matches_candle_autograd() {
+        // Gradients of <conv(x), r> for input, weight and bias, against candle's conv2d
+        // autograd; f64, tolerance 1e-9.
+        for &(n, h, w, ci, co) in &[(1, 5, 7, 3, 4), (2, 3, 4, 2, 3)] {
+            let (x, k, b) = case(n, h, w, ci, co, 11);
+            let r = randn((n, h, w, co), 99);
+            let (xv, kv, bv) = (Var::from_tensor(&x).unwrap(), Var::from_tensor(&k).unwrap(), Var::from_tensor(&b).unwrap());
+            let ours = Conv3x3 { weight: Conv3x3::weight_from_oihw(kv.as_tensor()).unwrap(), bias: Some(bv.as_tensor().clone()) };
+            let g_ours = ours.forward(xv.as_tensor()).unwrap().mul(&r).unwrap().sum_all().unwrap().backward().unwrap();
+            let g_ref = reference(xv.as_tensor(), kv.as_tensor(), bv.as_tensor()).mul(&r).unwrap().sum_all().unwrap().backward().unwrap();
+            for (name, v) in [("input", &xv), ("weight", &kv), ("bias", &bv)] {
+                let d = max_abs_diff(g_ours.get(v).unwrap(), g_ref.get(v).unwrap());
+                assert!(d < 1e-9, "{name} gradient differs by {d}");
+            }
+        }
+    }
+
+    #[test]
+    fn input_gradient_matches_finite_differences() {
+        // Central differences with step 1e-5 in f64; tolerance 1e-6.
+        let (x, k, b) = case(1, 3, 4, 2, 2, 3);
+        let conv = Conv3x3 { weight: Conv3x3::weight_from_oihw(&k).unwrap(), bias: Some(b) };
+        let r = randn((1, 3, 4, 2), 98);
+        let f = |x: &Tensor| conv.forward(x).unwrap().mul(&r).unwrap().sum_all().unwrap().to_scalar::<f64>().unwrap();
+        let xv = Var::from_tensor(&x).unwrap();
+        let grads = conv.forward(xv.as_tensor()).unwrap().mul(&r).unwrap().sum_all().unwrap().backward().unwrap();
+        let analytic = grads.get(&xv).unwrap().flatten_all().unwrap().to_vec1::<f64>().unwrap();
+        let base = x.flatten_all().unwrap().to_vec1::<f64>().unwrap();
+        for i in 0..base.len() {
+            let bump = |delta: f64| {
+                let mut v = base.clone();
+                v[i] += delta;
+                f(&Tensor::from_vec(v, x.shape(), &Device::Cpu).unwrap())
+            };
+            let numeric = (bump(1e-5) - bump(-1e-5)) / 2e-5;
+            assert!((numeric - analytic[i]).abs() < 1e-6, "element {i}: {numeric} vs {}", analytic[i]);
+        }
+    }
+
+    #[test]
+    fn f32_is_supported_and_other_dtypes_are_refused() {
+        let x = Tensor::ones((1, 2, 2, 1), DType::F32, &Device::Cpu).unwrap();
+        assert_eq!(im2col3x3(&x).unwrap().dims(), &[4, 9]);
+        let bad = Tensor::ones((1, 2, 2, 1), DType::U8, &Device::Cpu).unwrap();
+        assert!(im2col3x3(&bad).is_err());
+    }
+}

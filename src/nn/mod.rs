@@ -1,0 +1,12 @@
+//! Fast CPU building blocks for the learned restorers, as candle custom ops.
+//!
+//! candle's CPU convolution backward runs a direct-loop transposed convolution, which makes
+//! training on two cores impractical. The ops here keep activations in NHWC and express
+//! convolution as im2col + matrix multiplication, so both passes are dominated by one
+//! large matmul (candle's gemm) plus one parallel gather. Every op has a Rust forward and a
+//! backward made of other ops, and is tested against candle's reference ops and against
+//! finite differences.
+//!
+//! - [`conv`]: 3x3 convolution, stride 1, zero padding 1, NHWC: [`conv::Conv3x3`].
+
+pub mod conv;
