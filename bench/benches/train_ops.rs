@@ -4,6 +4,7 @@
 
 use candle_core::{Device, Tensor, Var};
 use spritedx::nn::conv::Conv3x3;
+use spritedx::nn::norm::{group_norm_silu, reference_group_norm_silu};
 use std::time::Instant;
 
 fn median_ms(runs: usize, mut f: impl FnMut()) -> f64 {
@@ -43,9 +44,30 @@ fn main() -> candle_core::Result<()> {
     let candle_step = median_ms(runs, || {
         x_nchw.as_tensor().conv2d(k.as_tensor(), 1, 1, 1, 1).unwrap().sum_all().unwrap().backward().unwrap();
     });
+    let gamma = Var::from_tensor(&Tensor::ones(c, candle_core::DType::F32, &dev)?)?;
+    let beta = Var::from_tensor(&Tensor::zeros(c, candle_core::DType::F32, &dev)?)?;
+    let gn = |fused: bool| {
+        let f = if fused { group_norm_silu } else { reference_group_norm_silu };
+        f(x_nhwc.as_tensor(), gamma.as_tensor(), beta.as_tensor(), 8, 1e-5).unwrap()
+    };
+    let gn_fused_fwd = median_ms(runs, || {
+        gn(true);
+    });
+    let gn_ref_fwd = median_ms(runs, || {
+        gn(false);
+    });
+    let gn_fused_step = median_ms(runs, || {
+        gn(true).sum_all().unwrap().backward().unwrap();
+    });
+    let gn_ref_step = median_ms(runs, || {
+        gn(false).sum_all().unwrap().backward().unwrap();
+    });
     println!("conv3x3 {c}->{c} on {n}x{h}x{w} (f32, {} threads), median of {runs}", rayon::current_num_threads());
     println!("{:<28} {:>10} {:>10} {:>8}", "", "ours ms", "candle ms", "ratio");
     println!("{:<28} {:>10.1} {:>10.1} {:>7.2}x", "forward", ours_fwd, candle_fwd, candle_fwd / ours_fwd);
     println!("{:<28} {:>10.1} {:>10.1} {:>7.2}x", "forward + backward", ours_step, candle_step, candle_step / ours_step);
+    println!("GroupNorm(8) + SiLU on {n}x{h}x{w}x{c}: fused vs candle's composed ops");
+    println!("{:<28} {:>10.1} {:>10.1} {:>7.2}x", "forward", gn_fused_fwd, gn_ref_fwd, gn_ref_fwd / gn_fused_fwd);
+    println!("{:<28} {:>10.1} {:>10.1} {:>7.2}x", "forward + backward", gn_fused_step, gn_ref_step, gn_ref_step / gn_fused_step);
     Ok(())
 }

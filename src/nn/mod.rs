@@ -8,5 +8,7 @@
 //! finite differences.
 //!
 //! - [`conv`]: 3x3 convolution, stride 1, zero padding 1, NHWC: [`conv::Conv3x3`].
+//! - [`norm`]: GroupNorm followed by SiLU, fused: [`norm::group_norm_silu`].
 
 pub mod conv;
+pub mod norm;
