@@ -164,12 +164,13 @@ impl CustomOp3 for GroupNormSilu {
             .map(|ng| {
                 let (s, g) = (ng / groups, ng % groups);
                 let (mut m1, mut m2) = (0.0f64, 0.0f64);
+                let channels = g * cg..(g + 1) * cg;
                 for p in 0..pixels {
-                    for ch in g * cg..(g + 1) * cg {
-                        let i = (s * pixels + p) * c + ch;
-                        let dxh = dy[i] * gv[ch];
+                    let row = (s * pixels + p) * c;
+                    for (ch, &gamma_ch) in gv.iter().enumerate().take(channels.end).skip(channels.start) {
+                        let dxh = dy[row + ch] * gamma_ch;
                         m1 += dxh;
-                        m2 += dxh * xhat[i];
+                        m2 += dxh * xhat[row + ch];
                     }
                 }
                 let count = (pixels * cg) as f64;
