@@ -16,6 +16,11 @@ use std::time::Instant;
 
 mod restore_cmd;
 
+// The training and restoring paths allocate many large short-lived buffers; glibc's malloc
+// returns them to the kernel and page-faults them back in, mimalloc keeps them.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(name = "spritedx", version, about = "SpriteDX Restore: turns pseudo pixel art into true pixel art")]
 struct Cli {

@@ -7,6 +7,10 @@ use spritedx::nn::conv::Conv3x3;
 use spritedx::nn::norm::{group_norm_silu, reference_group_norm_silu};
 use std::time::Instant;
 
+// As in the spritedx binary: glibc's malloc page-faults on the many large temporaries.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn median_ms(runs: usize, mut f: impl FnMut()) -> f64 {
     f(); // warm-up
     let mut times: Vec<f64> = (0..runs)
