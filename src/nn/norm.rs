@@ -56,6 +56,8 @@ fn contiguous<'a, T: WithDType>(storage: &'a CpuStorage, layout: &Layout) -> Res
 /// several times cheaper than f64's and as accurate as the data.
 trait Element: WithDType {
     fn norm_silu(x: Self, mean: f64, rstd: f64, gamma: Self, beta: Self) -> Self;
+    /// x-hat, and the gradient before SiLU given the gradient after it.
+    fn norm_silu_grad(x: Self, mean: f64, rstd: f64, gamma: Self, beta: Self, dout: Self) -> (Self, Self);
 }
 
 impl Element for f32 {
@@ -63,12 +65,26 @@ impl Element for f32 {
         let y = (x - mean as f32) * rstd as f32 * gamma + beta;
         y / (1.0 + (-y).exp())
     }
+
+    fn norm_silu_grad(x: f32, mean: f64, rstd: f64, gamma: f32, beta: f32, dout: f32) -> (f32, f32) {
+        let xhat = (x - mean as f32) * rstd as f32;
+        let y = xhat * gamma + beta;
+        let s = 1.0 / (1.0 + (-y).exp());
+        (xhat, dout * (s + y * s * (1.0 - s)))
+    }
 }
 
 impl Element for f64 {
     fn norm_silu(x: f64, mean: f64, rstd: f64, gamma: f64, beta: f64) -> f64 {
         let y = (x - mean) * rstd * gamma + beta;
         y * sigmoid(y)
+    }
+
+    fn norm_silu_grad(x: f64, mean: f64, rstd: f64, gamma: f64, beta: f64, dout: f64) -> (f64, f64) {
+        let xhat = (x - mean) * rstd;
+        let y = xhat * gamma + beta;
+        let s = sigmoid(y);
+        (xhat, dout * (s + y * s * (1.0 - s)))
     }
 }
 
@@ -132,86 +148,118 @@ impl CustomOp3 for GroupNormSilu {
         _res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let (n, h, w, c) = x.dims4()?;
-        let to_f64 = |t: &Tensor| t.flatten_all()?.to_dtype(DType::F64)?.to_vec1::<f64>();
-        let (xv, gv, bv, dout) = (to_f64(x)?, to_f64(gamma)?, to_f64(beta)?, to_f64(grad)?);
-        let pixels = h * w;
-        let groups = self.groups;
-        let cg = c / groups;
-        let stats = group_stats(&xv, n, pixels, c, groups, self.eps);
-        // dy (the gradient before SiLU) and x-hat, per element.
-        let mut dy = vec![0.0f64; xv.len()];
-        let mut xhat = vec![0.0f64; xv.len()];
-        dy.par_chunks_mut(c).zip(xhat.par_chunks_mut(c)).enumerate().for_each(|(p, (d, xh))| {
-            let s = p / pixels;
-            for ch in 0..c {
-                let (mean, rstd) = stats[s * groups + ch / cg];
-                let i = p * c + ch;
-                xh[ch] = (xv[i] - mean) * rstd;
-                let y = xh[ch] * gv[ch] + bv[ch];
-                let sg = sigmoid(y);
-                d[ch] = dout[i] * (sg + y * sg * (1.0 - sg));
-            }
-        });
-        // Per-channel parameter gradients, reduced over samples and pixels.
-        let (dgamma, dbeta) = dy
-            .par_chunks(c)
-            .zip(xhat.par_chunks(c))
-            .fold(
-                || (vec![0.0f64; c], vec![0.0f64; c]),
-                |(mut dg, mut db), (d, xh)| {
-                    for ch in 0..c {
-                        dg[ch] += d[ch] * xh[ch];
-                        db[ch] += d[ch];
-                    }
-                    (dg, db)
-                },
-            )
-            .reduce(
-                || (vec![0.0f64; c], vec![0.0f64; c]),
-                |(mut a, mut b), (x, y)| {
-                    a.iter_mut().zip(&x).for_each(|(p, q)| *p += q);
-                    b.iter_mut().zip(&y).for_each(|(p, q)| *p += q);
-                    (a, b)
-                },
-            );
-        // dx = rstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat)) per group.
-        let group_means: Vec<(f64, f64)> = (0..n * groups)
-            .into_par_iter()
-            .map(|ng| {
-                let (s, g) = (ng / groups, ng % groups);
-                let (mut m1, mut m2) = (0.0f64, 0.0f64);
-                let channels = g * cg..(g + 1) * cg;
-                for p in 0..pixels {
-                    let row = (s * pixels + p) * c;
-                    for (ch, &gamma_ch) in gv.iter().enumerate().take(channels.end).skip(channels.start) {
-                        let dxh = dy[row + ch] * gamma_ch;
-                        m1 += dxh;
-                        m2 += dxh * xhat[row + ch];
-                    }
-                }
-                let count = (pixels * cg) as f64;
-                (m1 / count, m2 / count)
-            })
-            .collect();
-        let mut dx = vec![0.0f64; xv.len()];
-        dx.par_chunks_mut(c).enumerate().for_each(|(p, d)| {
-            let s = p / pixels;
-            for ch in 0..c {
-                let ng = s * groups + ch / cg;
-                let (_, rstd) = stats[ng];
-                let (m1, m2) = group_means[ng];
-                let i = p * c + ch;
-                d[ch] = rstd * (dy[i] * gv[ch] - m1 - xhat[i] * m2);
-            }
-        });
-        let dev = x.device();
-        let back = |v: Vec<f64>, shape: &[usize], dtype: DType| Tensor::from_vec(v, shape, dev)?.to_dtype(dtype);
+        // One op computes all three gradients, packed as [dx..., dgamma..., dbeta...].
+        let c = gamma.elem_count();
+        let params = Tensor::stack(&[gamma.flatten_all()?, beta.flatten_all()?], 0)?;
+        let packed = x.contiguous()?.apply_op3_no_bwd(&params, &grad.contiguous()?, &GroupNormSiluGrad(*self))?;
+        let len = x.elem_count();
         Ok((
-            Some(back(dx, x.dims(), x.dtype())?),
-            Some(back(dgamma, gamma.dims(), gamma.dtype())?),
-            Some(back(dbeta, beta.dims(), beta.dtype())?),
+            Some(packed.narrow(0, 0, len)?.reshape(x.shape())?),
+            Some(packed.narrow(0, len, c)?.reshape(gamma.shape())?),
+            Some(packed.narrow(0, len + c, c)?.reshape(beta.shape())?),
         ))
+    }
+}
+
+/// The backward of [`GroupNormSilu`]: inputs `x`, `[gamma; beta]` as `(2, C)` and the
+/// output gradient; output the input, gamma and beta gradients packed in one vector.
+struct GroupNormSiluGrad(GroupNormSilu);
+
+/// All three gradients: with `dy` the gradient before SiLU,
+/// `dgamma = sum dy * xhat`, `dbeta = sum dy` (over samples and pixels), and
+/// `dx = rstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat))` per group, `dxhat = dy * gamma`.
+fn backward<T: Element>(x: &[T], params: &[T], dout: &[T], (n, pixels, c): (usize, usize, usize), op: &GroupNormSilu) -> Vec<T> {
+    let (gamma, beta) = params.split_at(c);
+    let groups = op.groups;
+    let cg = c / groups;
+    let stats = group_stats(x, n, pixels, c, groups, op.eps);
+    let mut xhat = vec![T::zero(); x.len()];
+    let mut dy = vec![T::zero(); x.len()];
+    xhat.par_chunks_mut(c).zip(dy.par_chunks_mut(c)).enumerate().for_each(|(p, (xh, d))| {
+        let s = p / pixels;
+        for ch in 0..c {
+            let (mean, rstd) = stats[s * groups + ch / cg];
+            let i = p * c + ch;
+            (xh[ch], d[ch]) = T::norm_silu_grad(x[i], mean, rstd, gamma[ch], beta[ch], dout[i]);
+        }
+    });
+    let zeros = || (vec![0.0f64; c], vec![0.0f64; c]);
+    let (dgamma, dbeta) = dy
+        .par_chunks(c)
+        .zip(xhat.par_chunks(c))
+        .fold(zeros, |(mut dg, mut db), (d, xh)| {
+            for ch in 0..c {
+                dg[ch] += d[ch].to_f64() * xh[ch].to_f64();
+                db[ch] += d[ch].to_f64();
+            }
+            (dg, db)
+        })
+        .reduce(zeros, |(mut a, mut b), (x, y)| {
+            a.iter_mut().zip(&x).for_each(|(p, q)| *p += q);
+            b.iter_mut().zip(&y).for_each(|(p, q)| *p += q);
+            (a, b)
+        });
+    let group_means: Vec<(f64, f64)> = (0..n * groups)
+        .into_par_iter()
+        .map(|ng| {
+            let (s, g) = (ng / groups, ng % groups);
+            let channels = g * cg..(g + 1) * cg;
+            let (mut m1, mut m2) = (0.0f64, 0.0f64);
+            for p in 0..pixels {
+                let row = (s * pixels + p) * c;
+                for (ch, &gamma_ch) in gamma.iter().enumerate().take(channels.end).skip(channels.start) {
+                    let dxh = dy[row + ch].to_f64() * gamma_ch.to_f64();
+                    m1 += dxh;
+                    m2 += dxh * xhat[row + ch].to_f64();
+                }
+            }
+            let count = (pixels * cg) as f64;
+            (m1 / count, m2 / count)
+        })
+        .collect();
+    let mut out = vec![T::zero(); x.len() + 2 * c];
+    let (dx, dparams) = out.split_at_mut(x.len());
+    dx.par_chunks_mut(c).enumerate().for_each(|(p, d)| {
+        let s = p / pixels;
+        for ch in 0..c {
+            let ng = s * groups + ch / cg;
+            let (_, rstd) = stats[ng];
+            let (m1, m2) = group_means[ng];
+            let i = p * c + ch;
+            let dxh = dy[i].to_f64() * gamma[ch].to_f64();
+            d[ch] = T::from_f64(rstd * (dxh - m1 - xhat[i].to_f64() * m2));
+        }
+    });
+    for ch in 0..c {
+        dparams[ch] = T::from_f64(dgamma[ch]);
+        dparams[c + ch] = T::from_f64(dbeta[ch]);
+    }
+    out
+}
+
+impl CustomOp3 for GroupNormSiluGrad {
+    fn name(&self) -> &'static str {
+        "group_norm_silu_grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        xs: &CpuStorage,
+        xl: &Layout,
+        ps: &CpuStorage,
+        pl: &Layout,
+        gs: &CpuStorage,
+        gl: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (n, h, w, c) = xl.shape().dims4()?;
+        let dims = (n, h * w, c);
+        let len = n * h * w * c + 2 * c;
+        let out = match xs.dtype() {
+            DType::F32 => CpuStorage::F32(backward(contiguous::<f32>(xs, xl)?, contiguous(ps, pl)?, contiguous(gs, gl)?, dims, &self.0)),
+            DType::F64 => CpuStorage::F64(backward(contiguous::<f64>(xs, xl)?, contiguous(ps, pl)?, contiguous(gs, gl)?, dims, &self.0)),
+            other => candle_core::bail!("group_norm_silu supports f32 and f64, not {other:?}"),
+        };
+        Ok((out, Shape::from(len)))
     }
 }
 
