@@ -185,20 +185,8 @@ impl Conv3x3 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::nn::testing::{check_input_gradient, max_abs_diff, randn};
     use candle_core::{Device, Var};
-
-    fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
-        a.sub(b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f64>().unwrap()
-    }
-
-    /// Seeded standard-normal f64 tensor (candle's CPU generator cannot be seeded).
-    fn randn<S: Into<Shape>>(shape: S, seed: u64) -> Tensor {
-        use rand::Rng;
-        let shape = shape.into();
-        let mut rng = crate::rng::rng_from_seed(seed);
-        let v: Vec<f64> = (0..shape.elem_count()).map(|_| rng.sample(rand_distr::StandardNormal)).collect();
-        Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
-    }
 
     fn case(n: usize, h: usize, w: usize, ci: usize, co: usize, seed: u64) -> (Tensor, Tensor, Tensor) {
         (randn((n, h, w, ci), seed), randn((co, ci, 3, 3), seed + 1), randn(co, seed + 2))
@@ -241,24 +229,11 @@ mod tests {
 
     #[test]
     fn input_gradient_matches_finite_differences() {
-        // Central differences with step 1e-5 in f64; tolerance 1e-6.
+        // Central differences, step 1e-5, f64; tolerance 1e-6.
         let (x, k, b) = case(1, 3, 4, 2, 2, 3);
         let conv = Conv3x3 { weight: Conv3x3::weight_from_oihw(&k).unwrap(), bias: Some(b) };
         let r = randn((1, 3, 4, 2), 98);
-        let f = |x: &Tensor| conv.forward(x).unwrap().mul(&r).unwrap().sum_all().unwrap().to_scalar::<f64>().unwrap();
-        let xv = Var::from_tensor(&x).unwrap();
-        let grads = conv.forward(xv.as_tensor()).unwrap().mul(&r).unwrap().sum_all().unwrap().backward().unwrap();
-        let analytic = grads.get(&xv).unwrap().flatten_all().unwrap().to_vec1::<f64>().unwrap();
-        let base = x.flatten_all().unwrap().to_vec1::<f64>().unwrap();
-        for i in 0..base.len() {
-            let bump = |delta: f64| {
-                let mut v = base.clone();
-                v[i] += delta;
-                f(&Tensor::from_vec(v, x.shape(), &Device::Cpu).unwrap())
-            };
-            let numeric = (bump(1e-5) - bump(-1e-5)) / 2e-5;
-            assert!((numeric - analytic[i]).abs() < 1e-6, "element {i}: {numeric} vs {}", analytic[i]);
-        }
+        check_input_gradient(&x, |x| conv.forward(x).unwrap().mul(&r).unwrap().sum_all().unwrap(), 1e-6);
     }
 
     #[test]

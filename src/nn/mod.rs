@@ -12,3 +12,5 @@
 
 pub mod conv;
 pub mod norm;
+#[cfg(test)]
+mod testing;

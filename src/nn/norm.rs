@@ -288,19 +288,8 @@ pub fn reference_group_norm_silu(x: &Tensor, gamma: &Tensor, beta: &Tensor, grou
 #[cfg(test)]
 mod tests {
     use super::*;
-    use candle_core::{Device, Var};
-
-    fn randn<S: Into<Shape>>(shape: S, seed: u64) -> Tensor {
-        use rand::Rng;
-        let shape = shape.into();
-        let mut rng = crate::rng::rng_from_seed(seed);
-        let v: Vec<f64> = (0..shape.elem_count()).map(|_| rng.sample(rand_distr::StandardNormal)).collect();
-        Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
-    }
-
-    fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
-        a.sub(b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f64>().unwrap()
-    }
+    use crate::nn::testing::{check_input_gradient, max_abs_diff, randn};
+    use candle_core::Var;
 
     #[test]
     fn forward_and_backward_match_the_composed_reference() {
@@ -326,24 +315,9 @@ mod tests {
     fn input_gradient_matches_finite_differences() {
         // Central differences, step 1e-5, f64; tolerance 1e-6.
         let (n, h, w, c, groups) = (1, 2, 3, 4, 2);
-        let x = randn((n, h, w, c), 5);
         let (gamma, beta, r) = (randn(c, 6), randn(c, 7), randn((n, h, w, c), 8));
-        let f = |x: &Tensor| {
-            group_norm_silu(x, &gamma, &beta, groups, 1e-5).unwrap().mul(&r).unwrap().sum_all().unwrap().to_scalar::<f64>().unwrap()
-        };
-        let xv = Var::from_tensor(&x).unwrap();
-        let grads = group_norm_silu(xv.as_tensor(), &gamma, &beta, groups, 1e-5).unwrap().mul(&r).unwrap().sum_all().unwrap().backward().unwrap();
-        let analytic = grads.get(&xv).unwrap().flatten_all().unwrap().to_vec1::<f64>().unwrap();
-        let base = x.flatten_all().unwrap().to_vec1::<f64>().unwrap();
-        for i in 0..base.len() {
-            let bump = |delta: f64| {
-                let mut v = base.clone();
-                v[i] += delta;
-                f(&Tensor::from_vec(v, x.shape(), &Device::Cpu).unwrap())
-            };
-            let numeric = (bump(1e-5) - bump(-1e-5)) / 2e-5;
-            assert!((numeric - analytic[i]).abs() < 1e-6, "element {i}: {numeric} vs {}", analytic[i]);
-        }
+        let f = |x: &Tensor| group_norm_silu(x, &gamma, &beta, groups, 1e-5).unwrap().mul(&r).unwrap().sum_all().unwrap();
+        check_input_gradient(&randn((n, h, w, c), 5), f, 1e-6);
     }
 
     #[test]
