@@ -17,26 +17,29 @@ pub struct GroupNormSilu {
     pub eps: f64,
 }
 
-/// Per-(sample, group) mean and reciprocal standard deviation.
+/// Per-(sample, group) mean and reciprocal standard deviation. Each sample is read once,
+/// in memory order, into per-channel sums that are then pooled by group.
 fn group_stats<T: WithDType>(x: &[T], n: usize, pixels: usize, c: usize, groups: usize, eps: f64) -> Vec<(f64, f64)> {
     let cg = c / groups;
-    (0..n * groups)
+    let count = (pixels * cg) as f64;
+    (0..n)
         .into_par_iter()
-        .map(|ng| {
-            let (s, g) = (ng / groups, ng % groups);
-            let (mut sum, mut sq) = (0.0f64, 0.0f64);
-            for p in 0..pixels {
-                let base = (s * pixels + p) * c + g * cg;
-                for &v in &x[base..base + cg] {
+        .flat_map_iter(|s| {
+            let (mut sum, mut sq) = (vec![0.0f64; c], vec![0.0f64; c]);
+            for pixel in x[s * pixels * c..(s + 1) * pixels * c].chunks(c) {
+                for ((a, b), &v) in sum.iter_mut().zip(sq.iter_mut()).zip(pixel) {
                     let v = v.to_f64();
-                    sum += v;
-                    sq += v * v;
+                    *a += v;
+                    *b += v * v;
                 }
             }
-            let count = (pixels * cg) as f64;
-            let mean = sum / count;
-            let var = (sq / count - mean * mean).max(0.0);
-            (mean, 1.0 / (var + eps).sqrt())
+            (0..groups)
+                .map(|g| {
+                    let mean = sum[g * cg..(g + 1) * cg].iter().sum::<f64>() / count;
+                    let var = (sq[g * cg..(g + 1) * cg].iter().sum::<f64>() / count - mean * mean).max(0.0);
+                    (mean, 1.0 / (var + eps).sqrt())
+                })
+                .collect::<Vec<_>>()
         })
         .collect()
 }
@@ -55,14 +58,15 @@ fn contiguous<'a, T: WithDType>(storage: &'a CpuStorage, layout: &Layout) -> Res
 /// Element arithmetic in the storage's own precision: f32 data gets f32 `exp`, which is
 /// several times cheaper than f64's and as accurate as the data.
 trait Element: WithDType {
-    fn norm_silu(x: Self, mean: f64, rstd: f64, gamma: Self, beta: Self) -> Self;
+    /// `silu(x * scale + shift)`.
+    fn silu_affine(x: Self, scale: f64, shift: f64) -> Self;
     /// x-hat, and the gradient before SiLU given the gradient after it.
     fn norm_silu_grad(x: Self, mean: f64, rstd: f64, gamma: Self, beta: Self, dout: Self) -> (Self, Self);
 }
 
 impl Element for f32 {
-    fn norm_silu(x: f32, mean: f64, rstd: f64, gamma: f32, beta: f32) -> f32 {
-        let y = (x - mean as f32) * rstd as f32 * gamma + beta;
+    fn silu_affine(x: f32, scale: f64, shift: f64) -> f32 {
+        let y = x * scale as f32 + shift as f32;
         y / (1.0 + (-y).exp())
     }
 
@@ -75,8 +79,8 @@ impl Element for f32 {
 }
 
 impl Element for f64 {
-    fn norm_silu(x: f64, mean: f64, rstd: f64, gamma: f64, beta: f64) -> f64 {
-        let y = (x - mean) * rstd * gamma + beta;
+    fn silu_affine(x: f64, scale: f64, shift: f64) -> f64 {
+        let y = x * scale + shift;
         y * sigmoid(y)
     }
 
@@ -92,16 +96,29 @@ impl Element for f64 {
 fn forward<T: Element>(x: &[T], gamma: &[T], beta: &[T], (n, pixels, c): (usize, usize, usize), op: &GroupNormSilu) -> Vec<T> {
     let stats = group_stats(x, n, pixels, c, op.groups, op.eps);
     let cg = c / op.groups;
-    let mut out = vec![T::zero(); x.len()];
-    out.par_chunks_mut(c).zip(x.par_chunks(c)).enumerate().for_each(|(p, (o, xi))| {
-        let s = p / pixels;
-        for ch in 0..c {
+    // Normalisation and affine folded into one scale and shift per (sample, channel).
+    let coef: Vec<(f64, f64)> = (0..n * c)
+        .map(|i| {
+            let (s, ch) = (i / c, i % c);
             let (mean, rstd) = stats[s * op.groups + ch / cg];
-            o[ch] = T::norm_silu(xi[ch], mean, rstd, gamma[ch], beta[ch]);
+            let scale = rstd * gamma[ch].to_f64();
+            (scale, beta[ch].to_f64() - mean * scale)
+        })
+        .collect();
+    let mut out = vec![T::zero(); x.len()];
+    out.par_chunks_mut(c * PIXELS_PER_TASK).zip(x.par_chunks(c * PIXELS_PER_TASK)).enumerate().for_each(|(t, (o, xi))| {
+        for (k, (op, xp)) in o.chunks_mut(c).zip(xi.chunks(c)).enumerate() {
+            let s = (t * PIXELS_PER_TASK + k) / pixels;
+            for ((out, &v), &(scale, shift)) in op.iter_mut().zip(xp).zip(&coef[s * c..(s + 1) * c]) {
+                *out = T::silu_affine(v, scale, shift);
+            }
         }
     });
     out
 }
+
+/// Pixels per parallel task: one pixel's channels are too little work to hand out alone.
+const PIXELS_PER_TASK: usize = 64;
 
 impl GroupNormSilu {
     fn check(&self, c: usize) -> Result<()> {
@@ -173,61 +190,56 @@ fn backward<T: Element>(x: &[T], params: &[T], dout: &[T], (n, pixels, c): (usiz
     let groups = op.groups;
     let cg = c / groups;
     let stats = group_stats(x, n, pixels, c, groups, op.eps);
+    let sample_len = pixels * c;
     let mut xhat = vec![T::zero(); x.len()];
     let mut dy = vec![T::zero(); x.len()];
-    xhat.par_chunks_mut(c).zip(dy.par_chunks_mut(c)).enumerate().for_each(|(p, (xh, d))| {
-        let s = p / pixels;
-        for ch in 0..c {
-            let (mean, rstd) = stats[s * groups + ch / cg];
-            let i = p * c + ch;
-            (xh[ch], d[ch]) = T::norm_silu_grad(x[i], mean, rstd, gamma[ch], beta[ch], dout[i]);
-        }
-    });
-    let zeros = || (vec![0.0f64; c], vec![0.0f64; c]);
-    let (dgamma, dbeta) = dy
-        .par_chunks(c)
-        .zip(xhat.par_chunks(c))
-        .fold(zeros, |(mut dg, mut db), (d, xh)| {
-            for ch in 0..c {
-                dg[ch] += d[ch].to_f64() * xh[ch].to_f64();
-                db[ch] += d[ch].to_f64();
-            }
-            (dg, db)
-        })
-        .reduce(zeros, |(mut a, mut b), (x, y)| {
-            a.iter_mut().zip(&x).for_each(|(p, q)| *p += q);
-            b.iter_mut().zip(&y).for_each(|(p, q)| *p += q);
-            (a, b)
-        });
-    let group_means: Vec<(f64, f64)> = (0..n * groups)
-        .into_par_iter()
-        .map(|ng| {
-            let (s, g) = (ng / groups, ng % groups);
-            let channels = g * cg..(g + 1) * cg;
-            let (mut m1, mut m2) = (0.0f64, 0.0f64);
+    // Pass 1, per sample in memory order: x-hat, dy, and per channel the sums of dy and
+    // dy * x-hat, from which every reduction of the backward follows.
+    let sums: Vec<(Vec<f64>, Vec<f64>)> = xhat
+        .par_chunks_mut(sample_len)
+        .zip(dy.par_chunks_mut(sample_len))
+        .enumerate()
+        .map(|(s, (xh, d))| {
+            let (mut sum_dy, mut sum_dy_xhat) = (vec![0.0f64; c], vec![0.0f64; c]);
+            let base = s * sample_len;
             for p in 0..pixels {
-                let row = (s * pixels + p) * c;
-                for (ch, &gamma_ch) in gamma.iter().enumerate().take(channels.end).skip(channels.start) {
-                    let dxh = dy[row + ch].to_f64() * gamma_ch.to_f64();
-                    m1 += dxh;
-                    m2 += dxh * xhat[row + ch].to_f64();
+                for ch in 0..c {
+                    let (mean, rstd) = stats[s * groups + ch / cg];
+                    let i = p * c + ch;
+                    (xh[i], d[i]) = T::norm_silu_grad(x[base + i], mean, rstd, gamma[ch], beta[ch], dout[base + i]);
+                    sum_dy[ch] += d[i].to_f64();
+                    sum_dy_xhat[ch] += d[i].to_f64() * xh[i].to_f64();
                 }
             }
-            let count = (pixels * cg) as f64;
-            (m1 / count, m2 / count)
+            (sum_dy, sum_dy_xhat)
         })
         .collect();
+    let (mut dgamma, mut dbeta) = (vec![0.0f64; c], vec![0.0f64; c]);
+    let count = (pixels * cg) as f64;
+    let mut group_means = vec![(0.0f64, 0.0f64); n * groups];
+    for (s, (sum_dy, sum_dy_xhat)) in sums.iter().enumerate() {
+        for ch in 0..c {
+            dbeta[ch] += sum_dy[ch];
+            dgamma[ch] += sum_dy_xhat[ch];
+            let g = &mut group_means[s * groups + ch / cg];
+            g.0 += gamma[ch].to_f64() * sum_dy[ch] / count;
+            g.1 += gamma[ch].to_f64() * sum_dy_xhat[ch] / count;
+        }
+    }
     let mut out = vec![T::zero(); x.len() + 2 * c];
     let (dx, dparams) = out.split_at_mut(x.len());
-    dx.par_chunks_mut(c).enumerate().for_each(|(p, d)| {
-        let s = p / pixels;
-        for ch in 0..c {
-            let ng = s * groups + ch / cg;
-            let (_, rstd) = stats[ng];
-            let (m1, m2) = group_means[ng];
-            let i = p * c + ch;
-            let dxh = dy[i].to_f64() * gamma[ch].to_f64();
-            d[ch] = T::from_f64(rstd * (dxh - m1 - xhat[i].to_f64() * m2));
+    dx.par_chunks_mut(c * PIXELS_PER_TASK).enumerate().for_each(|(t, chunk)| {
+        for (k, d) in chunk.chunks_mut(c).enumerate() {
+            let p = t * PIXELS_PER_TASK + k;
+            let s = p / pixels;
+            for ch in 0..c {
+                let ng = s * groups + ch / cg;
+                let (_, rstd) = stats[ng];
+                let (m1, m2) = group_means[ng];
+                let i = p * c + ch;
+                let dxh = dy[i].to_f64() * gamma[ch].to_f64();
+                d[ch] = T::from_f64(rstd * (dxh - m1 - xhat[i].to_f64() * m2));
+            }
         }
     });
     for ch in 0..c {
