@@ -32,9 +32,9 @@ fn main() -> candle_core::Result<()> {
     let x_nhwc = Var::from_tensor(&Tensor::randn(0f32, 1.0, (n, h, w, c), &dev)?)?;
     let x_nchw = Var::from_tensor(&x_nhwc.as_tensor().permute((0, 3, 1, 2))?.contiguous()?)?;
     let k = Var::from_tensor(&Tensor::randn(0f32, 0.05, (c, c, 3, 3), &dev)?)?;
-    let ours = Conv3x3 { weight: Conv3x3::weight_from_oihw(k.as_tensor())?, bias: None };
+    let ours = Conv3x3 { weight: Conv3x3::weight_from_oihw(k.as_tensor())?, bias: None, stride: 1 };
     let ours_w = Var::from_tensor(&ours.weight)?;
-    let ours = Conv3x3 { weight: ours_w.as_tensor().clone(), bias: None };
+    let ours = Conv3x3 { weight: ours_w.as_tensor().clone(), bias: None, stride: 1 };
 
     let ours_fwd = median_ms(runs, || {
         ours.forward(x_nhwc.as_tensor()).unwrap();

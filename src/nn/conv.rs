@@ -1,4 +1,4 @@
-//! 3x3 convolution (stride 1, zero padding 1) on NHWC tensors as im2col + matmul.
+//! 3x3 convolution (zero padding 1, stride 1 or more) on NHWC tensors as im2col + matmul.
 //!
 //! `im2col` turns an `(N, H, W, C)` input into `(N*H*W, 9*C)` columns, column
 //! `(ky * 3 + kx) * C + c` of row `(n, y, x)` holding `input[n, y + ky - 1, x + kx - 1, c]`
@@ -12,26 +12,36 @@
 use candle_core::{backend::BackendStorage, CpuStorage, CustomOp1, DType, Layout, Result, Shape, Tensor, WithDType};
 use rayon::prelude::*;
 
-/// Geometry of an NHWC activation.
+/// Geometry of an NHWC input and the stride of the 3x3 window over it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct Nhwc {
+struct Geometry {
     n: usize,
     h: usize,
     w: usize,
     c: usize,
+    stride: usize,
 }
 
-impl Nhwc {
-    fn pixels(&self) -> usize {
-        self.n * self.h * self.w
+impl Geometry {
+    /// Output height and width: zero padding 1, so stride 1 keeps the size.
+    fn out_hw(&self) -> (usize, usize) {
+        ((self.h - 1) / self.stride + 1, (self.w - 1) / self.stride + 1)
+    }
+
+    fn out_pixels(&self) -> usize {
+        let (oh, ow) = self.out_hw();
+        self.n * oh * ow
     }
 }
 
-/// Unfolds 3x3 neighbourhoods: `(N, H, W, C)` to `(N*H*W, 9*C)`.
-struct Im2Col3x3;
+/// Unfolds 3x3 neighbourhoods: `(N, H, W, C)` to `(N*OH*OW, 9*C)`.
+struct Im2Col3x3 {
+    stride: usize,
+}
 
-/// Folds columns back: `(N*H*W, 9*C)` to `(N, H, W, C)`, summing overlapping entries.
-struct Col2Im3x3(Nhwc);
+/// Folds columns back onto the input: `(N*OH*OW, 9*C)` to `(N, H, W, C)`, summing
+/// overlapping entries.
+struct Col2Im3x3(Geometry);
 
 fn contiguous_slice<'a, T: WithDType>(storage: &'a CpuStorage, layout: &Layout, op: &str) -> Result<&'a [T]> {
     match layout.contiguous_offsets() {
@@ -40,18 +50,19 @@ fn contiguous_slice<'a, T: WithDType>(storage: &'a CpuStorage, layout: &Layout, 
     }
 }
 
-fn im2col<T: WithDType>(input: &[T], g: Nhwc) -> Vec<T> {
+fn im2col<T: WithDType>(input: &[T], g: Geometry) -> Vec<T> {
+    let (oh, ow) = g.out_hw();
     let row = 9 * g.c;
-    let mut out = vec![T::zero(); g.pixels() * row];
+    let mut out = vec![T::zero(); g.out_pixels() * row];
     out.par_chunks_mut(row).enumerate().for_each(|(p, cols)| {
-        let (n, y, x) = (p / (g.h * g.w), (p / g.w) % g.h, p % g.w);
+        let (n, oy, ox) = (p / (oh * ow), (p / ow) % oh, p % ow);
         for ky in 0..3 {
-            let sy = y as isize + ky as isize - 1;
+            let sy = (oy * g.stride + ky) as isize - 1;
             if sy < 0 || sy >= g.h as isize {
                 continue;
             }
             for kx in 0..3 {
-                let sx = x as isize + kx as isize - 1;
+                let sx = (ox * g.stride + kx) as isize - 1;
                 if sx < 0 || sx >= g.w as isize {
                     continue;
                 }
@@ -64,23 +75,27 @@ fn im2col<T: WithDType>(input: &[T], g: Nhwc) -> Vec<T> {
     out
 }
 
-fn col2im<T: WithDType>(cols: &[T], g: Nhwc) -> Vec<T> {
+fn col2im<T: WithDType>(cols: &[T], g: Geometry) -> Vec<T> {
+    let (oh, ow) = g.out_hw();
     let row = 9 * g.c;
-    let mut out = vec![T::zero(); g.pixels() * g.c];
+    let mut out = vec![T::zero(); g.n * g.h * g.w * g.c];
     out.par_chunks_mut(g.c).enumerate().for_each(|(p, pixel)| {
         let (n, y, x) = (p / (g.h * g.w), (p / g.w) % g.h, p % g.w);
-        // Input pixel (y, x) sits at offset (ky, kx) of output pixel (y - ky + 1, x - kx + 1).
+        // Input pixel (y, x) sits at offset (ky, kx) of output pixel (oy, ox) when
+        // oy * stride + ky - 1 = y, and likewise for x.
         for ky in 0..3 {
-            let oy = y as isize - ky as isize + 1;
-            if oy < 0 || oy >= g.h as isize {
+            let ty = y as isize + 1 - ky as isize;
+            if ty < 0 || ty % g.stride as isize != 0 || ty as usize / g.stride >= oh {
                 continue;
             }
+            let oy = ty as usize / g.stride;
             for kx in 0..3 {
-                let ox = x as isize - kx as isize + 1;
-                if ox < 0 || ox >= g.w as isize {
+                let tx = x as isize + 1 - kx as isize;
+                if tx < 0 || tx % g.stride as isize != 0 || tx as usize / g.stride >= ow {
                     continue;
                 }
-                let src = ((n * g.h + oy as usize) * g.w + ox as usize) * row + (ky * 3 + kx) * g.c;
+                let ox = tx as usize / g.stride;
+                let src = ((n * oh + oy) * ow + ox) * row + (ky * 3 + kx) * g.c;
                 for (acc, &v) in pixel.iter_mut().zip(&cols[src..src + g.c]) {
                     *acc += v;
                 }
@@ -97,8 +112,8 @@ impl CustomOp1 for Im2Col3x3 {
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
         let (n, h, w, c) = layout.shape().dims4()?;
-        let g = Nhwc { n, h, w, c };
-        let shape = Shape::from((g.pixels(), 9 * c));
+        let g = Geometry { n, h, w, c, stride: self.stride };
+        let shape = Shape::from((g.out_pixels(), 9 * c));
         match storage.dtype() {
             DType::F32 => Ok((CpuStorage::F32(im2col(contiguous_slice::<f32>(storage, layout, self.name())?, g)), shape)),
             DType::F64 => Ok((CpuStorage::F64(im2col(contiguous_slice::<f64>(storage, layout, self.name())?, g)), shape)),
@@ -108,7 +123,7 @@ impl CustomOp1 for Im2Col3x3 {
 
     fn bwd(&self, arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
         let (n, h, w, c) = arg.dims4()?;
-        Ok(Some(grad_res.contiguous()?.apply_op1(Col2Im3x3(Nhwc { n, h, w, c }))?))
+        Ok(Some(grad_res.contiguous()?.apply_op1(Col2Im3x3(Geometry { n, h, w, c, stride: self.stride }))?))
     }
 }
 
@@ -120,7 +135,7 @@ impl CustomOp1 for Col2Im3x3 {
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
         let g = self.0;
         let (rows, cols) = layout.shape().dims2()?;
-        if rows != g.pixels() || cols != 9 * g.c {
+        if rows != g.out_pixels() || cols != 9 * g.c {
             candle_core::bail!("col2im3x3: columns {rows}x{cols} do not match {g:?}");
         }
         let shape = Shape::from((g.n, g.h, g.w, g.c));
@@ -132,32 +147,38 @@ impl CustomOp1 for Col2Im3x3 {
     }
 
     fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
-        Ok(Some(grad_res.contiguous()?.apply_op1(Im2Col3x3)?))
+        Ok(Some(grad_res.contiguous()?.apply_op1(Im2Col3x3 { stride: self.0.stride })?))
     }
 }
 
-/// The 3x3 neighbourhoods of an NHWC tensor as `(N*H*W, 9*C)` columns (differentiable).
-pub fn im2col3x3(x: &Tensor) -> Result<Tensor> {
-    x.contiguous()?.apply_op1(Im2Col3x3)
+/// The 3x3 neighbourhoods (zero padding 1) of an NHWC tensor at the given stride, as
+/// `(N*OH*OW, 9*C)` columns (differentiable).
+pub fn im2col3x3(x: &Tensor, stride: usize) -> Result<Tensor> {
+    if stride == 0 {
+        candle_core::bail!("im2col3x3: the stride must be at least 1");
+    }
+    x.contiguous()?.apply_op1(Im2Col3x3 { stride })
 }
 
-/// A 3x3 convolution, stride 1, zero padding 1, on NHWC activations.
+/// A 3x3 convolution, zero padding 1, on NHWC activations.
 #[derive(Clone, Debug)]
 pub struct Conv3x3 {
     /// `(9 * C_in, C_out)`, row `(ky * 3 + kx) * C_in + c_in`.
     pub weight: Tensor,
     /// `(C_out,)`.
     pub bias: Option<Tensor>,
+    /// 1 keeps the size; 2 halves it (rounding up).
+    pub stride: usize,
 }
 
 impl Conv3x3 {
     /// Takes `weight` (`(9*C_in, C_out)`) and optional `bias` (`(C_out,)`) from a VarBuilder.
-    pub fn new(vb: candle_nn::VarBuilder, c_in: usize, c_out: usize, bias: bool) -> Result<Self> {
+    pub fn new(vb: candle_nn::VarBuilder, c_in: usize, c_out: usize, bias: bool, stride: usize) -> Result<Self> {
         let bound = 1.0 / ((9 * c_in) as f64).sqrt();
         let init = candle_nn::Init::Uniform { lo: -bound, up: bound };
         let weight = vb.get_with_hints((9 * c_in, c_out), "weight", init)?;
         let bias = if bias { Some(vb.get_with_hints(c_out, "bias", init)?) } else { None };
-        Ok(Self { weight, bias })
+        Ok(Self { weight, bias, stride })
     }
 
     /// Converts a PyTorch/candle `(C_out, C_in, 3, 3)` kernel to this layout.
@@ -170,10 +191,11 @@ impl Conv3x3 {
         oihw.permute((2, 3, 1, 0))?.contiguous()?.reshape((9 * c_in, c_out))
     }
 
-    /// `x`: `(N, H, W, C_in)` -> `(N, H, W, C_out)`.
+    /// `x`: `(N, H, W, C_in)` -> `(N, OH, OW, C_out)`.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let (n, h, w, _) = x.dims4()?;
-        let y = im2col3x3(x)?.matmul(&self.weight)?;
+        let (n, h, w, c) = x.dims4()?;
+        let (h, w) = Geometry { n, h, w, c, stride: self.stride }.out_hw();
+        let y = im2col3x3(x, self.stride)?.matmul(&self.weight)?;
         let y = match &self.bias {
             Some(b) => y.broadcast_add(b)?,
             None => y,
@@ -193,8 +215,8 @@ mod tests {
     }
 
     /// candle's own conv2d on NCHW, as the reference, returned in NHWC.
-    fn reference(x: &Tensor, k: &Tensor, b: &Tensor) -> Tensor {
-        let y = x.permute((0, 3, 1, 2)).unwrap().contiguous().unwrap().conv2d(k, 1, 1, 1, 1).unwrap();
+    fn reference(x: &Tensor, k: &Tensor, b: &Tensor, stride: usize) -> Tensor {
+        let y = x.permute((0, 3, 1, 2)).unwrap().contiguous().unwrap().conv2d(k, 1, stride, 1, 1).unwrap();
         y.broadcast_add(&b.reshape((1, b.dim(0).unwrap(), 1, 1)).unwrap()).unwrap().permute((0, 2, 3, 1)).unwrap()
     }
 
@@ -202,10 +224,12 @@ mod tests {
     fn forward_matches_candle_conv2d() {
         // Odd sizes, batch 1 and 3, one channel; f64, tolerance 1e-10.
         for &(n, h, w, ci, co) in &[(1, 1, 1, 1, 1), (1, 5, 7, 3, 4), (3, 4, 3, 1, 2), (2, 6, 6, 8, 5)] {
-            let (x, k, b) = case(n, h, w, ci, co, 7);
-            let conv = Conv3x3 { weight: Conv3x3::weight_from_oihw(&k).unwrap(), bias: Some(b.clone()) };
-            let d = max_abs_diff(&conv.forward(&x).unwrap(), &reference(&x, &k, &b));
-            assert!(d < 1e-10, "{n}x{h}x{w}x{ci}->{co}: {d}");
+            for stride in [1, 2] {
+                let (x, k, b) = case(n, h, w, ci, co, 7);
+                let conv = Conv3x3 { weight: Conv3x3::weight_from_oihw(&k).unwrap(), bias: Some(b.clone()), stride };
+                let d = max_abs_diff(&conv.forward(&x).unwrap(), &reference(&x, &k, &b, stride));
+                assert!(d < 1e-10, "{n}x{h}x{w}x{ci}->{co} stride {stride}: {d}");
+            }
         }
     }
 
@@ -213,13 +237,14 @@ mod tests {
     fn backward_matches_candle_autograd() {
         // Gradients of <conv(x), r> for input, weight and bias, against candle's conv2d
         // autograd; f64, tolerance 1e-9.
-        for &(n, h, w, ci, co) in &[(1, 5, 7, 3, 4), (2, 3, 4, 2, 3)] {
+        for &(n, h, w, ci, co, stride) in &[(1, 5, 7, 3, 4, 1), (2, 3, 4, 2, 3, 1), (1, 5, 7, 3, 4, 2), (2, 6, 4, 2, 3, 2)] {
             let (x, k, b) = case(n, h, w, ci, co, 11);
-            let r = randn((n, h, w, co), 99);
             let (xv, kv, bv) = (Var::from_tensor(&x).unwrap(), Var::from_tensor(&k).unwrap(), Var::from_tensor(&b).unwrap());
-            let ours = Conv3x3 { weight: Conv3x3::weight_from_oihw(kv.as_tensor()).unwrap(), bias: Some(bv.as_tensor().clone()) };
-            let g_ours = ours.forward(xv.as_tensor()).unwrap().mul(&r).unwrap().sum_all().unwrap().backward().unwrap();
-            let g_ref = reference(xv.as_tensor(), kv.as_tensor(), bv.as_tensor()).mul(&r).unwrap().sum_all().unwrap().backward().unwrap();
+            let ours = Conv3x3 { weight: Conv3x3::weight_from_oihw(kv.as_tensor()).unwrap(), bias: Some(bv.as_tensor().clone()), stride };
+            let out = ours.forward(xv.as_tensor()).unwrap();
+            let r = randn(out.shape(), 99);
+            let g_ours = out.mul(&r).unwrap().sum_all().unwrap().backward().unwrap();
+            let g_ref = reference(xv.as_tensor(), kv.as_tensor(), bv.as_tensor(), stride).mul(&r).unwrap().sum_all().unwrap().backward().unwrap();
             for (name, v) in [("input", &xv), ("weight", &kv), ("bias", &bv)] {
                 let d = max_abs_diff(g_ours.get(v).unwrap(), g_ref.get(v).unwrap());
                 assert!(d < 1e-9, "{name} gradient differs by {d}");
@@ -231,7 +256,7 @@ mod tests {
     fn input_gradient_matches_finite_differences() {
         // Central differences, step 1e-5, f64; tolerance 1e-6.
         let (x, k, b) = case(1, 3, 4, 2, 2, 3);
-        let conv = Conv3x3 { weight: Conv3x3::weight_from_oihw(&k).unwrap(), bias: Some(b) };
+        let conv = Conv3x3 { weight: Conv3x3::weight_from_oihw(&k).unwrap(), bias: Some(b), stride: 1 };
         let r = randn((1, 3, 4, 2), 98);
         check_input_gradient(&x, |x| conv.forward(x).unwrap().mul(&r).unwrap().sum_all().unwrap(), 1e-6);
     }
@@ -239,8 +264,10 @@ mod tests {
     #[test]
     fn f32_is_supported_and_other_dtypes_are_refused() {
         let x = Tensor::ones((1, 2, 2, 1), DType::F32, &Device::Cpu).unwrap();
-        assert_eq!(im2col3x3(&x).unwrap().dims(), &[4, 9]);
+        assert_eq!(im2col3x3(&x, 1).unwrap().dims(), &[4, 9]);
+        assert_eq!(im2col3x3(&x, 2).unwrap().dims(), &[1, 9]);
         let bad = Tensor::ones((1, 2, 2, 1), DType::U8, &Device::Cpu).unwrap();
-        assert!(im2col3x3(&bad).is_err());
+        assert!(im2col3x3(&bad, 1).is_err());
+        assert!(im2col3x3(&x, 0).is_err());
     }
 }
