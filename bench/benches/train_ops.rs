@@ -3,6 +3,7 @@
 //! `cargo bench -p spritedx-bench --bench train_ops`. Compare the ratios, not the times.
 
 use candle_core::{Device, Tensor, Var};
+use candle_nn::{AdamW, Optimizer, ParamsAdamW, VarBuilder, VarMap};
 use spritedx::nn::conv::Conv3x3;
 use spritedx::nn::norm::{group_norm_silu, reference_group_norm_silu};
 use std::time::Instant;
@@ -22,6 +23,79 @@ fn median_ms(runs: usize, mut f: impl FnMut()) -> f64 {
         .collect();
     times.sort_by(f64::total_cmp);
     times[runs / 2]
+}
+
+/// GroupNorm(8) + SiLU with its affine parameters.
+struct NormAct {
+    gamma: Tensor,
+    beta: Tensor,
+}
+
+impl NormAct {
+    fn new(vb: VarBuilder, c: usize) -> candle_core::Result<Self> {
+        Ok(Self {
+            gamma: vb.get_with_hints(c, "gamma", candle_nn::Init::Const(1.0))?,
+            beta: vb.get_with_hints(c, "beta", candle_nn::Init::Const(0.0))?,
+        })
+    }
+
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        group_norm_silu(x, &self.gamma, &self.beta, 8, 1e-5)
+    }
+}
+
+/// `x + conv(silu(gn(conv(silu(gn(x))))))`, as in bench/pytorch/train_ops.py.
+struct Block {
+    n1: NormAct,
+    c1: Conv3x3,
+    n2: NormAct,
+    c2: Conv3x3,
+}
+
+impl Block {
+    fn new(vb: VarBuilder, c: usize) -> candle_core::Result<Self> {
+        Ok(Self {
+            n1: NormAct::new(vb.pp("n1"), c)?,
+            c1: Conv3x3::new(vb.pp("c1"), c, c, true, 1)?,
+            n2: NormAct::new(vb.pp("n2"), c)?,
+            c2: Conv3x3::new(vb.pp("c2"), c, c, true, 1)?,
+        })
+    }
+
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let h = self.c1.forward(&self.n1.forward(x)?)?;
+        let h = self.c2.forward(&self.n2.forward(&h)?)?;
+        x + h
+    }
+}
+
+/// The net of bench/pytorch/train_ops.py in NHWC: two blocks at 32x32x64, a stride-2 conv
+/// to 16x16x128, two blocks, nearest 2x upsampling, a conv back to 64 and the skip.
+struct Net {
+    top: [Block; 2],
+    down: Conv3x3,
+    mid: [Block; 2],
+    up: Conv3x3,
+}
+
+impl Net {
+    fn new(vb: VarBuilder) -> candle_core::Result<Self> {
+        Ok(Self {
+            top: [Block::new(vb.pp("top0"), 64)?, Block::new(vb.pp("top1"), 64)?],
+            down: Conv3x3::new(vb.pp("down"), 64, 128, true, 2)?,
+            mid: [Block::new(vb.pp("mid0"), 128)?, Block::new(vb.pp("mid1"), 128)?],
+            up: Conv3x3::new(vb.pp("up"), 128, 64, true, 1)?,
+        })
+    }
+
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let s = self.top[1].forward(&self.top[0].forward(x)?)?;
+        let d = self.mid[1].forward(&self.mid[0].forward(&self.down.forward(&s)?)?)?;
+        // Nearest 2x upsampling as a broadcast, whose backward is a sum (no convolution).
+        let (n, h, w, c) = d.dims4()?;
+        let up = d.reshape((n, h, 1, w, 1, c))?.broadcast_as((n, h, 2, w, 2, c))?.reshape((n, 2 * h, 2 * w, c))?;
+        self.up.forward(&up)? + s
+    }
 }
 
 fn main() -> candle_core::Result<()> {
@@ -66,6 +140,30 @@ fn main() -> candle_core::Result<()> {
     let gn_ref_step = median_ms(runs, || {
         gn(false).sum_all().unwrap().backward().unwrap();
     });
+    let varmap = VarMap::new();
+    let net = Net::new(VarBuilder::from_varmap(&varmap, candle_core::DType::F32, &dev))?;
+    let target = Tensor::randn(0f32, 1.0, (n, h, w, c), &dev)?;
+    let params: usize = varmap.all_vars().iter().map(|v| v.elem_count()).sum();
+    let mut opt = AdamW::new(varmap.all_vars(), ParamsAdamW { lr: 1e-3, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.01 })?;
+    let loss = |x: &Tensor| net.forward(x).unwrap().sub(&target).unwrap().sqr().unwrap().mean_all().unwrap();
+    let net_fwd = median_ms(runs, || {
+        loss(x_nhwc.as_tensor());
+    });
+    let net_bwd = {
+        let mut times = Vec::new();
+        for _ in 0..runs + 1 {
+            let l = loss(x_nhwc.as_tensor());
+            let t = Instant::now();
+            l.backward().unwrap();
+            times.push(t.elapsed().as_secs_f64() * 1e3);
+        }
+        times.remove(0); // warm-up
+        times.sort_by(f64::total_cmp);
+        times[runs / 2]
+    };
+    let net_step = median_ms(runs, || {
+        opt.backward_step(&loss(x_nhwc.as_tensor())).unwrap();
+    });
     println!("conv3x3 {c}->{c} on {n}x{h}x{w} (f32, {} threads), median of {runs}", rayon::current_num_threads());
     println!("{:<28} {:>10} {:>10} {:>8}", "", "ours ms", "candle ms", "ratio");
     println!("{:<28} {:>10.1} {:>10.1} {:>7.2}x", "forward", ours_fwd, candle_fwd, candle_fwd / ours_fwd);
@@ -73,5 +171,9 @@ fn main() -> candle_core::Result<()> {
     println!("GroupNorm(8) + SiLU on {n}x{h}x{w}x{c}: fused vs candle's composed ops");
     println!("{:<28} {:>10.1} {:>10.1} {:>7.2}x", "forward", gn_fused_fwd, gn_ref_fwd, gn_ref_fwd / gn_fused_fwd);
     println!("{:<28} {:>10.1} {:>10.1} {:>7.2}x", "forward + backward", gn_fused_step, gn_ref_step, gn_ref_step / gn_fused_step);
+    println!("net of bench/pytorch/train_ops.py ({params} parameters), MSE + AdamW, ours (NHWC ops):");
+    println!("{:<28} {:>10.1}", "forward ms", net_fwd);
+    println!("{:<28} {:>10.1}", "backward ms", net_bwd);
+    println!("{:<28} {:>10.1}", "full step ms", net_step);
     Ok(())
 }
