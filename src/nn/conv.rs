@@ -53,7 +53,7 @@ fn contiguous_slice<'a, T: WithDType>(storage: &'a CpuStorage, layout: &Layout, 
 fn im2col<T: WithDType>(input: &[T], g: Geometry) -> Vec<T> {
     let (oh, ow) = g.out_hw();
     let row = 9 * g.c;
-    let mut out = vec![T::zero(); g.out_pixels() * row];
+    let mut out = super::zeroed(g.out_pixels() * row);
     out.par_chunks_mut(row).enumerate().for_each(|(p, cols)| {
         let (n, oy, ox) = (p / (oh * ow), (p / ow) % oh, p % ow);
         for ky in 0..3 {
@@ -78,7 +78,7 @@ fn im2col<T: WithDType>(input: &[T], g: Geometry) -> Vec<T> {
 fn col2im<T: WithDType>(cols: &[T], g: Geometry) -> Vec<T> {
     let (oh, ow) = g.out_hw();
     let row = 9 * g.c;
-    let mut out = vec![T::zero(); g.n * g.h * g.w * g.c];
+    let mut out = super::zeroed(g.n * g.h * g.w * g.c);
     out.par_chunks_mut(g.c).enumerate().for_each(|(p, pixel)| {
         let (n, y, x) = (p / (g.h * g.w), (p / g.w) % g.h, p % g.w);
         // Input pixel (y, x) sits at offset (ky, kx) of output pixel (oy, ox) when

@@ -105,7 +105,7 @@ fn forward<T: Element>(x: &[T], gamma: &[T], beta: &[T], (n, pixels, c): (usize,
             (scale, beta[ch].to_f64() - mean * scale)
         })
         .collect();
-    let mut out = vec![T::zero(); x.len()];
+    let mut out = super::zeroed(x.len());
     out.par_chunks_mut(c * PIXELS_PER_TASK).zip(x.par_chunks(c * PIXELS_PER_TASK)).enumerate().for_each(|(t, (o, xi))| {
         for (k, (op, xp)) in o.chunks_mut(c).zip(xi.chunks(c)).enumerate() {
             let s = (t * PIXELS_PER_TASK + k) / pixels;
@@ -191,8 +191,8 @@ fn backward<T: Element>(x: &[T], params: &[T], dout: &[T], (n, pixels, c): (usiz
     let cg = c / groups;
     let stats = group_stats(x, n, pixels, c, groups, op.eps);
     let sample_len = pixels * c;
-    let mut xhat = vec![T::zero(); x.len()];
-    let mut dy = vec![T::zero(); x.len()];
+    let mut xhat = super::zeroed(x.len());
+    let mut dy = super::zeroed(x.len());
     // Pass 1, per sample in memory order: x-hat, dy, and per channel the sums of dy and
     // dy * x-hat, from which every reduction of the backward follows.
     let sums: Vec<(Vec<f64>, Vec<f64>)> = xhat
@@ -226,7 +226,7 @@ fn backward<T: Element>(x: &[T], params: &[T], dout: &[T], (n, pixels, c): (usiz
             g.1 += gamma[ch].to_f64() * sum_dy_xhat[ch] / count;
         }
     }
-    let mut out = vec![T::zero(); x.len() + 2 * c];
+    let mut out = super::zeroed(x.len() + 2 * c);
     let (dx, dparams) = out.split_at_mut(x.len());
     dx.par_chunks_mut(c * PIXELS_PER_TASK).enumerate().for_each(|(t, chunk)| {
         for (k, d) in chunk.chunks_mut(c).enumerate() {
