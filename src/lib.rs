@@ -5,6 +5,7 @@
 //! library maps such images back to one pixel per art pixel with a small clean palette.
 //!
 //! Modules, one job each:
+//! - [`alloc`]: allocator tuning for training and batch restoring.
 //! - [`batch`]: expanding inputs and planning outputs for batch restoration.
 //! - [`io`]: reading every supported image format into RGBA8 with clear errors, and
 //!   atomic PNG writing.
@@ -22,6 +23,7 @@
 //! - [`split`]: the deterministic train/validation split of a sprite collection.
 //! - [`rng`]: stable seed derivation, so every sample is reproducible.
 
+pub mod alloc;
 pub mod batch;
 pub mod colour;
 pub mod decoder;

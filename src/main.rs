@@ -99,6 +99,7 @@ struct EvalArgs {
 }
 
 fn main() -> ExitCode {
+    spritedx::alloc::keep_freed_memory();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Degrade(args) => run_degrade(args),

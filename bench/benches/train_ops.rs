@@ -99,6 +99,7 @@ impl Net {
 }
 
 fn main() -> candle_core::Result<()> {
+    spritedx::alloc::keep_freed_memory();
     let quick = std::env::var_os("SPRITEDX_BENCH_QUICK").is_some();
     let runs = if quick { 1 } else { 7 };
     let (n, h, w, c) = (16, 32, 32, 64);
