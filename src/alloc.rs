@@ -27,13 +27,8 @@ pub fn keep_freed_memory() {
 #[cfg(test)]
 mod tests {
     // SAFETY: reading an option is a plain load from mimalloc's option table.
-    fn read() -> (i64, i64) {
-        unsafe {
-            (
-                i64::from(libmimalloc_sys::mi_option_get(super::PURGE_DECOMMITS)),
-                i64::from(libmimalloc_sys::mi_option_get(super::PURGE_DELAY)),
-            )
-        }
+    fn read() -> (std::os::raw::c_long, std::os::raw::c_long) {
+        unsafe { (libmimalloc_sys::mi_option_get(super::PURGE_DECOMMITS), libmimalloc_sys::mi_option_get(super::PURGE_DELAY)) }
     }
 
     #[test]
