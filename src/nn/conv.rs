@@ -43,13 +43,6 @@ struct Im2Col3x3 {
 /// overlapping entries.
 struct Col2Im3x3(Geometry);
 
-fn contiguous_slice<'a, T: WithDType>(storage: &'a CpuStorage, layout: &Layout, op: &str) -> Result<&'a [T]> {
-    match layout.contiguous_offsets() {
-        Some((start, end)) => Ok(&storage.as_slice::<T>()?[start..end]),
-        None => candle_core::bail!("{op} needs a contiguous input"),
-    }
-}
-
 fn im2col<T: WithDType>(input: &[T], g: Geometry) -> Vec<T> {
     let (oh, ow) = g.out_hw();
     let row = 9 * g.c;
@@ -115,8 +108,8 @@ impl CustomOp1 for Im2Col3x3 {
         let g = Geometry { n, h, w, c, stride: self.stride };
         let shape = Shape::from((g.out_pixels(), 9 * c));
         match storage.dtype() {
-            DType::F32 => Ok((CpuStorage::F32(im2col(contiguous_slice::<f32>(storage, layout, self.name())?, g)), shape)),
-            DType::F64 => Ok((CpuStorage::F64(im2col(contiguous_slice::<f64>(storage, layout, self.name())?, g)), shape)),
+            DType::F32 => Ok((CpuStorage::F32(im2col(super::contiguous_slice::<f32>(storage, layout, self.name())?, g)), shape)),
+            DType::F64 => Ok((CpuStorage::F64(im2col(super::contiguous_slice::<f64>(storage, layout, self.name())?, g)), shape)),
             other => candle_core::bail!("im2col3x3 supports f32 and f64, not {other:?}"),
         }
     }
@@ -140,8 +133,8 @@ impl CustomOp1 for Col2Im3x3 {
         }
         let shape = Shape::from((g.n, g.h, g.w, g.c));
         match storage.dtype() {
-            DType::F32 => Ok((CpuStorage::F32(col2im(contiguous_slice::<f32>(storage, layout, self.name())?, g)), shape)),
-            DType::F64 => Ok((CpuStorage::F64(col2im(contiguous_slice::<f64>(storage, layout, self.name())?, g)), shape)),
+            DType::F32 => Ok((CpuStorage::F32(col2im(super::contiguous_slice::<f32>(storage, layout, self.name())?, g)), shape)),
+            DType::F64 => Ok((CpuStorage::F64(col2im(super::contiguous_slice::<f64>(storage, layout, self.name())?, g)), shape)),
             other => candle_core::bail!("col2im3x3 supports f32 and f64, not {other:?}"),
         }
     }

@@ -19,6 +19,18 @@ fn zeroed<T: candle_core::WithDType>(len: usize) -> Vec<T> {
     v
 }
 
+/// The elements of a contiguous CPU tensor; `op` names the caller in the error.
+fn contiguous_slice<'a, T: candle_core::WithDType>(
+    storage: &'a candle_core::CpuStorage,
+    layout: &candle_core::Layout,
+    op: &str,
+) -> candle_core::Result<&'a [T]> {
+    match layout.contiguous_offsets() {
+        Some((start, end)) => Ok(&storage.as_slice::<T>()?[start..end]),
+        None => candle_core::bail!("{op} needs contiguous inputs"),
+    }
+}
+
 pub mod conv;
 pub mod norm;
 #[cfg(test)]

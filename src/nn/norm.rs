@@ -48,13 +48,6 @@ fn sigmoid(v: f64) -> f64 {
     1.0 / (1.0 + (-v).exp())
 }
 
-fn contiguous<'a, T: WithDType>(storage: &'a CpuStorage, layout: &Layout) -> Result<&'a [T]> {
-    let Some((start, end)) = layout.contiguous_offsets() else {
-        candle_core::bail!("group_norm_silu needs contiguous inputs");
-    };
-    Ok(&storage.as_slice::<T>()?[start..end])
-}
-
 /// Element arithmetic in the storage's own precision: f32 data gets f32 `exp`, which is
 /// several times cheaper than f64's and as accurate as the data.
 trait Element: WithDType {
@@ -150,8 +143,8 @@ impl CustomOp3 for GroupNormSilu {
         }
         let dims = (n, h * w, c);
         let out = match xs.dtype() {
-            DType::F32 => CpuStorage::F32(forward(contiguous::<f32>(xs, xl)?, contiguous(gs, gl)?, contiguous(bs, bl)?, dims, self)),
-            DType::F64 => CpuStorage::F64(forward(contiguous::<f64>(xs, xl)?, contiguous(gs, gl)?, contiguous(bs, bl)?, dims, self)),
+            DType::F32 => CpuStorage::F32(forward(super::contiguous_slice::<f32>(xs, xl, self.name())?, super::contiguous_slice(gs, gl, self.name())?, super::contiguous_slice(bs, bl, self.name())?, dims, self)),
+            DType::F64 => CpuStorage::F64(forward(super::contiguous_slice::<f64>(xs, xl, self.name())?, super::contiguous_slice(gs, gl, self.name())?, super::contiguous_slice(bs, bl, self.name())?, dims, self)),
             other => candle_core::bail!("group_norm_silu supports f32 and f64, not {other:?}"),
         };
         Ok((out, xl.shape().clone()))
@@ -267,8 +260,8 @@ impl CustomOp3 for GroupNormSiluGrad {
         let dims = (n, h * w, c);
         let len = n * h * w * c + 2 * c;
         let out = match xs.dtype() {
-            DType::F32 => CpuStorage::F32(backward(contiguous::<f32>(xs, xl)?, contiguous(ps, pl)?, contiguous(gs, gl)?, dims, &self.0)),
-            DType::F64 => CpuStorage::F64(backward(contiguous::<f64>(xs, xl)?, contiguous(ps, pl)?, contiguous(gs, gl)?, dims, &self.0)),
+            DType::F32 => CpuStorage::F32(backward(super::contiguous_slice::<f32>(xs, xl, self.name())?, super::contiguous_slice(ps, pl, self.name())?, super::contiguous_slice(gs, gl, self.name())?, dims, &self.0)),
+            DType::F64 => CpuStorage::F64(backward(super::contiguous_slice::<f64>(xs, xl, self.name())?, super::contiguous_slice(ps, pl, self.name())?, super::contiguous_slice(gs, gl, self.name())?, dims, &self.0)),
             other => candle_core::bail!("group_norm_silu supports f32 and f64, not {other:?}"),
         };
         Ok((out, Shape::from(len)))
