@@ -98,21 +98,22 @@ pub fn analyse(img: &RgbaImage, opts: &GridOptions) -> Result<Grid, GridError> {
     if (w as f32) < opts.min_cell || (h as f32) < opts.min_cell {
         return Err(GridError::TooSmall { width: w, height: h, min_cell: opts.min_cell });
     }
-    let (fixed_x, fixed_y) = fixed_periods(w, h, opts)?;
+    let fixed = fixed_periods(w, h, opts)?;
     let phase = |axis: usize| opts.offset.map(|o| if axis == 0 { o.0 } else { o.1 });
-    let fit_axes = |profiles: &profile::EdgeProfiles| -> (Option<CombFit>, Option<CombFit>) {
-        let fixed = |prof: &[f32], p: f32, phase: Option<f32>| {
-            fit_period(prof, p, phase).or(Some(CombFit { period: p, phase: phase.unwrap_or(0.0), score: 0.0, contrast: 0.0 }))
-        };
-        match (fixed_x, fixed_y) {
-            (Some(px), Some(py)) => (fixed(&profiles.x, px, phase(0)), fixed(&profiles.y, py, phase(1))),
-            _ => fit_square_cells(&profiles.x, &profiles.y, opts.min_cell, opts.max_cell, opts.offset),
-        }
-    };
     let profiles = profile::edge_profiles(img);
-    let (mut fx, mut fy) = fit_axes(&profiles);
-    let overridden = fixed_x.is_some() || fixed_y.is_some();
-    let ok = |f: &Option<CombFit>| overridden || f.is_some_and(|f| f.contrast >= opts.min_confidence);
+    let (mut fx, mut fy) = match fixed {
+        Some((px, py)) => {
+            // The user's cell size stands; only the phase is fitted (cells under the
+            // comb's smallest period, such as 1, are taken as they are).
+            let fit = |prof: &[f32], p: f32, phase: Option<f32>| {
+                let given = CombFit { period: p, phase: phase.unwrap_or(0.0), score: 0.0, contrast: 0.0 };
+                Some(if p < period::MIN_PERIOD { given } else { fit_period(prof, p, phase).unwrap_or(given) })
+            };
+            (fit(&profiles.x, px, phase(0)), fit(&profiles.y, py, phase(1)))
+        }
+        None => fit_square_cells(&profiles.x, &profiles.y, opts.min_cell, opts.max_cell, opts.offset),
+    };
+    let ok = |f: &Option<CombFit>| fixed.is_some() || f.is_some_and(|f| f.contrast >= opts.min_confidence);
     // Square cells are the norm: a weak axis borrows the strong axis's cell size.
     match (ok(&fx), ok(&fy)) {
         (true, false) => fy = fit_period(&profiles.y, fx.expect("ok axis has a fit").period, phase(1)),
@@ -138,23 +139,23 @@ pub fn analyse(img: &RgbaImage, opts: &GridOptions) -> Result<Grid, GridError> {
     })
 }
 
-/// Periods fixed by the user's overrides.
-fn fixed_periods(w: u32, h: u32, opts: &GridOptions) -> Result<(Option<f32>, Option<f32>), GridError> {
+/// The cell size fixed by the user's overrides, if any.
+fn fixed_periods(w: u32, h: u32, opts: &GridOptions) -> Result<Option<(f32, f32)>, GridError> {
     match (opts.cell_size, opts.cells) {
         (Some(_), Some(_)) => Err(GridError::BadOverride("give either a cell size or a cell count, not both".into())),
         (Some((cw, ch)), None) => {
             if !(cw >= 1.0 && ch >= 1.0) {
                 return Err(GridError::BadOverride(format!("cell size {cw}x{ch} must be at least 1x1")));
             }
-            Ok((Some(cw), Some(ch)))
+            Ok(Some((cw, ch)))
         }
         (None, Some((cols, rows))) => {
             if cols == 0 || rows == 0 || cols > w || rows > h {
                 return Err(GridError::BadOverride(format!("{cols}x{rows} cells do not fit a {w}x{h} image")));
             }
-            Ok((Some(w as f32 / cols as f32), Some(h as f32 / rows as f32)))
+            Ok(Some((w as f32 / cols as f32, h as f32 / rows as f32)))
         }
-        (None, None) => Ok((None, None)),
+        (None, None) => Ok(None),
     }
 }
 
@@ -222,6 +223,9 @@ mod tests {
         assert_eq!((g.cols(), g.rows()), (10, 10));
         let g = analyse(&img, &GridOptions { cell_size: Some((5.0, 5.0)), ..Default::default() }).unwrap();
         assert_eq!((g.cols(), g.rows()), (10, 10));
+        // Cells of one pixel: the image is already at true resolution.
+        let g = analyse(&img, &GridOptions { cell_size: Some((1.0, 1.0)), ..Default::default() }).unwrap();
+        assert_eq!((g.cols(), g.rows()), (50, 50));
         let bad = analyse(&img, &GridOptions { cells: Some((0, 10)), ..Default::default() });
         assert!(matches!(bad, Err(GridError::BadOverride(_))));
     }
