@@ -20,6 +20,9 @@
 //! - [`eval`]: the evaluation harness behind `spritedx eval`.
 //! - [`restorers`]: the restorers `spritedx eval` and `spritedx restore` can run.
 //! - [`nn`]: fast CPU building blocks for the learned restorers (candle custom ops).
+//! - [`stablesr`]: the StableSR architecture (diffusion UNet with SPADE, structure encoder,
+//!   CFW autoencoder, text tower) with the checkpoint's key names.
+//! - [`weights`]: loading tensors from .ckpt, .safetensors, folders and the Hugging Face Hub.
 //! - [`split`]: the deterministic train/validation split of a sprite collection.
 //! - [`rng`]: stable seed derivation, so every sample is reproducible.
 
@@ -39,3 +42,5 @@ pub mod restorers;
 pub mod rng;
 pub mod snap;
 pub mod split;
+pub mod stablesr;
+pub mod weights;
