@@ -9,6 +9,7 @@
 //!
 //! - [`conv`]: 3x3 convolution, stride 1, zero padding 1, NHWC: [`conv::Conv3x3`].
 //! - [`norm`]: GroupNorm followed by SiLU, fused: [`norm::group_norm_silu`].
+//! - [`shapes`]: recording the keys and shapes a module asks for, without allocating.
 
 /// A zero-filled buffer, allocated uninitialised and then filled. `vec![0; n]` asks the
 /// allocator for zeroed memory, which for large buffers means fresh pages from the kernel
@@ -33,5 +34,6 @@ fn contiguous_slice<'a, T: candle_core::WithDType>(
 
 pub mod conv;
 pub mod norm;
+pub mod shapes;
 #[cfg(test)]
 mod testing;
