@@ -89,40 +89,50 @@ impl Folded {
     }
 }
 
-/// Prefix sums of a circular sequence extended by `reach` on both sides, plain and
-/// index-weighted, so that a triangle-weighted window sum costs O(1).
-struct WindowSums {
-    plain: Vec<f64>,
-    weighted: Vec<f64>,
+/// Prefix sums over the folded bins (edge sums and position counts, circularly extended by
+/// `reach` on both sides), plain and index-weighted, so that a triangle-weighted window sum
+/// costs O(1). One interleaved buffer, reused per thread: this runs for every window of
+/// every rung of the period ladder, and fresh allocations there cost a sixth of the time.
+struct WindowSums<'a> {
+    /// At extended index `i`: [sum, index-weighted sum, count, index-weighted count] of
+    /// the entries before `i`.
+    prefix: &'a [[f64; 4]],
 }
 
-impl WindowSums {
-    fn new(values: &[f32], reach: usize) -> Self {
-        let n = values.len();
-        let mut plain = Vec::with_capacity(n + 2 * reach + 1);
-        let mut weighted = Vec::with_capacity(n + 2 * reach + 1);
-        let (mut p, mut w) = (0.0f64, 0.0f64);
-        plain.push(0.0);
-        weighted.push(0.0);
-        // Extended index i holds bin (i - reach) mod n: the last `reach` bins, all bins,
-        // then the first `reach` bins.
-        let extended = values[n - reach..].iter().chain(values).chain(&values[..reach]);
-        for (i, &v) in extended.enumerate() {
-            let v = f64::from(v);
-            p += v;
-            w += i as f64 * v;
-            plain.push(p);
-            weighted.push(w);
-        }
-        Self { plain, weighted }
+thread_local! {
+    static WINDOW_SUMS_SCRATCH: std::cell::RefCell<Vec<[f64; 4]>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+impl WindowSums<'_> {
+    /// Runs `body` with the window sums of `sums` and `counts` (equal lengths).
+    fn with<R>(sums: &[f32], counts: &[f32], reach: usize, body: impl FnOnce(&WindowSums) -> R) -> R {
+        WINDOW_SUMS_SCRATCH.with(|scratch| {
+            let mut prefix = scratch.borrow_mut();
+            prefix.clear();
+            let n = sums.len();
+            prefix.reserve(n + 2 * reach + 1);
+            let mut acc = [0.0f64; 4];
+            prefix.push(acc);
+            // Extended index i holds bin (i - reach) mod n: the last `reach` bins, all
+            // bins, then the first `reach` bins.
+            let bins = (n - reach..n).chain(0..n).chain(0..reach);
+            for (i, b) in bins.enumerate() {
+                let (v, c) = (f64::from(sums[b]), f64::from(counts[b]));
+                let fi = i as f64;
+                acc = [acc[0] + v, acc[1] + fi * v, acc[2] + c, acc[3] + fi * c];
+                prefix.push(acc);
+            }
+            body(&WindowSums { prefix: &prefix })
+        })
     }
 
-    /// Over the window of extended indices `centre - reach ..= centre + reach`: the plain
-    /// sum, and the sum weighted by `1 - |i - centre| * step`.
-    fn window(&self, centre: usize, reach: usize, step: f64) -> (f64, f64) {
+    /// Over the window of extended indices `centre - reach ..= centre + reach`, for the
+    /// sums (`k = 0`) or the counts (`k = 2`): the plain sum, and the sum weighted by
+    /// `1 - |i - centre| * step`.
+    fn window(&self, k: usize, centre: usize, reach: usize, step: f64) -> (f64, f64) {
         let (lo, hi) = (centre - reach, centre + reach + 1);
-        let plain = |a: usize, b: usize| self.plain[b] - self.plain[a];
-        let weighted = |a: usize, b: usize| self.weighted[b] - self.weighted[a];
+        let plain = |a: usize, b: usize| self.prefix[b][k] - self.prefix[a][k];
+        let weighted = |a: usize, b: usize| self.prefix[b][k + 1] - self.prefix[a][k + 1];
         let c = centre as f64;
         let right = weighted(centre + 1, hi) - c * plain(centre + 1, hi);
         let left = c * plain(lo, centre) - weighted(lo, centre);
@@ -142,27 +152,27 @@ fn best_phase(f: &Folded, period: f32, fixed_phase: Option<f32>) -> Option<CombF
         None => (0..nbins).collect(),
     };
     let mean = f.total_sum / f.total_count.max(1.0);
-    let sums = WindowSums::new(&f.sum, reach);
-    let counts = WindowSums::new(&f.count, reach);
     let step = f64::from(f.bin_width);
-    let mut best: Option<CombFit> = None;
-    for pb in phases {
-        // Extended index pb + reach is bin pb.
-        let (near_sum, t_sum) = sums.window(pb + reach, reach, step);
-        let (near_count, t_w) = counts.window(pb + reach, reach, step);
-        let far_count = f64::from(f.total_count) - near_count;
-        if t_w <= 1e-9 || far_count <= 0.5 || mean <= 0.0 {
-            continue;
+    WindowSums::with(&f.sum, &f.count, reach, |sums| {
+        let mut best: Option<CombFit> = None;
+        for pb in phases {
+            // Extended index pb + reach is bin pb.
+            let (near_sum, t_sum) = sums.window(0, pb + reach, reach, step);
+            let (near_count, t_w) = sums.window(2, pb + reach, reach, step);
+            let far_count = f64::from(f.total_count) - near_count;
+            if t_w <= 1e-9 || far_count <= 0.5 || mean <= 0.0 {
+                continue;
+            }
+            let t = (t_sum / t_w) as f32;
+            let m = (((f64::from(f.total_sum) - near_sum) / far_count) as f32).max(0.0);
+            let score = (t - mean) / (period * mean);
+            if best.is_none_or(|b| score > b.score) {
+                let contrast = if t + m > 0.0 { (t - m) / (t + m) } else { 0.0 };
+                best = Some(CombFit { period, phase: pb as f32 * f.bin_width, score, contrast });
+            }
         }
-        let t = (t_sum / t_w) as f32;
-        let m = (((f64::from(f.total_sum) - near_sum) / far_count) as f32).max(0.0);
-        let score = (t - mean) / (period * mean);
-        if best.is_none_or(|b| score > b.score) {
-            let contrast = if t + m > 0.0 { (t - m) / (t + m) } else { 0.0 };
-            best = Some(CombFit { period, phase: pb as f32 * f.bin_width, score, contrast });
-        }
-    }
-    best
+        best
+    })
 }
 
 /// Smallest period scored: below two pixels the tooth window (one pixel either side)
