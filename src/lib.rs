@@ -18,6 +18,7 @@
 //! - [`metrics`]: how a restoration is scored against the clean sprite.
 //! - [`pairs`]: pair sets on disk (degraded and clean images plus a JSON-lines manifest).
 //! - [`eval`]: the evaluation harness behind `spritedx eval`.
+//! - [`rectify`]: resampling to exactly f x f pixels per art pixel, and tensor layouts.
 //! - [`restorers`]: the restorers `spritedx eval` and `spritedx restore` can run.
 //! - [`nn`]: fast CPU building blocks for the learned restorers (candle custom ops).
 //! - [`stablesr`]: the StableSR architecture (diffusion UNet with SPADE, structure encoder,
@@ -38,6 +39,7 @@ pub mod metrics;
 pub mod nn;
 pub mod pairs;
 pub mod palette;
+pub mod rectify;
 pub mod restorers;
 pub mod rng;
 pub mod snap;
