@@ -24,6 +24,7 @@
 //! - [`stablesr`]: the StableSR architecture (diffusion UNet with SPADE, structure encoder,
 //!   CFW autoencoder, text tower) with the checkpoint's key names.
 //! - [`weights`]: loading tensors from .ckpt, .safetensors, folders and the Hugging Face Hub.
+//! - [`train`]: training the learned restorers (data on the fly, optimiser, checkpoints).
 //! - [`split`]: the deterministic train/validation split of a sprite collection.
 //! - [`rng`]: stable seed derivation, so every sample is reproducible.
 
@@ -45,4 +46,5 @@ pub mod rng;
 pub mod snap;
 pub mod split;
 pub mod stablesr;
+pub mod train;
 pub mod weights;

@@ -1,0 +1,7 @@
+//! Training the learned restorers on this machine's CPU: pairs made on the fly
+//! ([`data`]), AdamW with saved state and an EMA ([`optim`]), atomic checkpoints
+//! ([`checkpoint`]).
+
+pub mod checkpoint;
+pub mod data;
+pub mod optim;
