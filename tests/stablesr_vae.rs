@@ -297,11 +297,7 @@ fn every_weight_gets_a_gradient() {
     assert_eq!(vars.len(), 338, "variables in the tiny CFW model");
     let mut without: Vec<&String> = vars
         .iter()
-        .filter(|(_, var)| {
-            grads
-                .get(var.as_tensor())
-                .map_or(true, |g| max_abs(g) == 0.0)
-        })
+        .filter(|(_, var)| grads.get(var.as_tensor()).is_none_or(|g| max_abs(g) == 0.0))
         .map(|(name, _)| name)
         .collect();
     without.sort();
