@@ -203,10 +203,11 @@ pub struct HubOptions {
 
 impl HubOptions {
     /// Options from the process environment, as the Hugging Face tools read it: the cache
-    /// is `HF_HUB_CACHE`, else `HF_HOME/hub`, else `XDG_CACHE_HOME/huggingface/hub`, else
-    /// `~/.cache/huggingface/hub`; `HF_HUB_OFFLINE=1` (or true/yes/on) forbids downloads;
-    /// the token is `HF_TOKEN`, else the token file that `huggingface-cli login` writes;
-    /// `HF_ENDPOINT` replaces the Hub's address.
+    /// is `HF_HUB_CACHE` (or the older `HUGGINGFACE_HUB_CACHE`), else `HF_HOME/hub`, else
+    /// `XDG_CACHE_HOME/huggingface/hub`, else `~/.cache/huggingface/hub`;
+    /// `HF_HUB_OFFLINE=1` (or true/yes/on) forbids downloads; the token is `HF_TOKEN` (or
+    /// the older `HUGGING_FACE_HUB_TOKEN`), else the token file that `huggingface-cli
+    /// login` writes under `HF_HOME`; `HF_ENDPOINT` replaces the Hub's address.
     pub fn from_env() -> Result<Self> {
         Self::from_vars(|name| std::env::var(name).ok())
     }
@@ -221,7 +222,8 @@ impl HubOptions {
                 .or_else(|| var("HOME").map(|home| Path::new(&home).join(".cache")))?;
             Some(cache.join("huggingface"))
         });
-        let cache_dir = match (var("HF_HUB_CACHE"), &hf_home) {
+        let hub_cache = var("HF_HUB_CACHE").or_else(|| var("HUGGINGFACE_HUB_CACHE"));
+        let cache_dir = match (hub_cache, &hf_home) {
             (Some(dir), _) => PathBuf::from(dir),
             (None, Some(home)) => home.join("hub"),
             (None, None) => bail!(
@@ -234,7 +236,8 @@ impl HubOptions {
                 "1" | "true" | "yes" | "on"
             )
         });
-        let token = var("HF_TOKEN").map(|t| t.trim().to_string()).or_else(|| {
+        let token = var("HF_TOKEN").or_else(|| var("HUGGING_FACE_HUB_TOKEN"));
+        let token = token.map(|t| t.trim().to_string()).or_else(|| {
             let file = hf_home.as_ref()?.join("token");
             let text = std::fs::read_to_string(file).ok()?;
             let text = text.trim();
@@ -316,8 +319,8 @@ fn list_files(dir: &Path) -> std::io::Result<Vec<String>> {
     let mut names = Vec::new();
     for entry in std::fs::read_dir(dir)? {
         let entry = entry?;
-        // Hub snapshots hold symlinks to blobs, so follow links.
-        if std::fs::metadata(entry.path())?.is_file() {
+        // Hub snapshots hold symlinks to blobs, so follow links; skip dangling ones.
+        if std::fs::metadata(entry.path()).is_ok_and(|m| m.is_file()) {
             if let Some(name) = entry.file_name().to_str() {
                 names.push(name.to_string());
             }
