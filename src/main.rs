@@ -14,6 +14,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
 
+mod convert_cmd;
 mod restore_cmd;
 
 // The training and restoring paths allocate many large short-lived buffers; glibc's malloc
@@ -36,6 +37,8 @@ enum Command {
     Eval(EvalArgs),
     /// Restore pseudo pixel art to true pixel art: one output per input at true resolution.
     Restore(restore_cmd::RestoreArgs),
+    /// Write a checkpoint's tensors (.ckpt/.pt/.pth, .safetensors or hf://) as .safetensors.
+    Convert(convert_cmd::ConvertArgs),
 }
 
 #[derive(clap::Args)]
@@ -105,6 +108,7 @@ fn main() -> ExitCode {
         Command::Degrade(args) => run_degrade(args),
         Command::Eval(args) => run_eval(args),
         Command::Restore(args) => restore_cmd::run(args),
+        Command::Convert(args) => convert_cmd::run(args),
     };
     match result {
         Ok(code) => code,
