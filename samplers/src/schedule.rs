@@ -66,9 +66,9 @@ impl Schedule {
         }
         let (lo, hi) = (beta_start.sqrt(), beta_end.sqrt());
         let last = (steps - 1) as f64;
-        // torch.linspace computes the first half from the start and the second half from
-        // the end, which keeps both end points exact; do the same so that the betas agree
-        // with the reference to the last bit or two.
+        // Like torch.linspace, the first half steps up from the start and the second half
+        // down from the end, which keeps both end points exact (the betas then agree with
+        // the reference to ~1 ulp; torch's vectorised loop rounds some differently).
         let step = (hi - lo) / last;
         let betas = (0..steps)
             .map(|i| {
