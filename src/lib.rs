@@ -18,6 +18,7 @@
 //! - [`metrics`]: how a restoration is scored against the clean sprite.
 //! - [`pairs`]: pair sets on disk (degraded and clean images plus a JSON-lines manifest).
 //! - [`eval`]: the evaluation harness behind `spritedx eval`.
+//! - [`pixel_restorer`]: our own learned restorers (fast and diffusion) at true resolution.
 //! - [`rectify`]: resampling to exactly f x f pixels per art pixel, and tensor layouts.
 //! - [`restorers`]: the restorers `spritedx eval` and `spritedx restore` can run.
 //! - [`nn`]: fast CPU building blocks for the learned restorers (candle custom ops).
@@ -40,6 +41,7 @@ pub mod metrics;
 pub mod nn;
 pub mod pairs;
 pub mod palette;
+pub mod pixel_restorer;
 pub mod rectify;
 pub mod restorers;
 pub mod rng;

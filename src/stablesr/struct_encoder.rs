@@ -59,7 +59,7 @@ impl StructFeatures {
 
 /// `EncoderUNetModelWT`'s constructor arguments, as in StableSR's configs (unknown keys
 /// such as `image_size` or `dropout` are ignored; -1 means "not set" for head counts).
-#[derive(Debug, Clone, PartialEq, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, serde::Deserialize, serde::Serialize)]
 pub struct StructEncoderConfig {
     pub in_channels: usize,
     pub model_channels: usize,

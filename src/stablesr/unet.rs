@@ -15,7 +15,7 @@ use candle_nn::VarBuilder;
 /// such as `image_size` or `legacy` are ignored; -1 means "not set" for head counts).
 /// Always a spatial-transformer UNet without scale-shift norm or resblock up/down, as
 /// StableSR builds it.
-#[derive(Debug, Clone, PartialEq, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, serde::Deserialize, serde::Serialize)]
 pub struct UNetConfig {
     pub in_channels: usize,
     pub out_channels: usize,

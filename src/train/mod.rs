@@ -8,3 +8,4 @@ pub mod data;
 pub mod losses;
 pub mod optim;
 pub mod plot;
+pub mod run;

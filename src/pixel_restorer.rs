@@ -1,0 +1,347 @@
+//! Our own learned restorers, built from the StableSR modules and working at true
+//! resolution: the art-pixel grid itself is the "latent".
+//!
+//! The codec: the grid analysis finds the cells, [`rectify`](crate::rectify) resamples each
+//! to `factor` x `factor` pixels, and pixel-unshuffle folds those into channels, giving the
+//! structure encoder's input (B, 4 f², rows, cols). The clean sprite is (B, 4, rows, cols)
+//! RGBA in [-1, 1], four channels like an SD latent. The prediction goes through the
+//! decoder's palette and alpha stage.
+//!
+//! - [`FastRestorer`]: the structure encoder (at timestep 0) and a small head predict the
+//!   clean sprite in one pass, as a residual over the cells' mean colour.
+//! - [`DiffusionRestorer`]: a UNet with SPADE modulation from the time-aware structure
+//!   encoder denoises the sprite, driven by our samplers.
+
+use crate::decoder::{decode, reduce_cells, DecodeOptions, Decoded};
+use crate::grid::{analyse, Grid, GridOptions};
+use crate::rectify::{image_to_tensor, pixel_unshuffle, rectify};
+use crate::stablesr::layers::{Conv2d, GroupNorm};
+use crate::stablesr::struct_encoder::{StructEncoder, StructEncoderConfig};
+use crate::stablesr::unet::{UNet, UNetConfig};
+use crate::train::losses::{sprite_losses, LossWeights};
+use anyhow::{bail, Context};
+use candle_core::{DType, Device, Result, Tensor, D};
+use candle_nn::VarBuilder;
+use image::RgbaImage;
+use serde::{Deserialize, Serialize};
+use spritedx_samplers::{FnDenoiser, Method, Prediction, Sampler, Schedule, Start};
+
+/// Which of the two models.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum ModelKind {
+    Fast,
+    Diffusion,
+}
+
+/// How the diffusion model samples.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SamplingConfig {
+    /// Steps of the sampler (respaced from the training schedule's 1000).
+    pub steps: usize,
+    /// Where sampling starts: 1 = pure noise at the noisiest step; below 1, the cells'
+    /// mean colours noised to that share of the schedule (img2img).
+    pub strength: f64,
+    /// `ddim` or `dpm++2m`.
+    pub method: String,
+}
+
+impl Default for SamplingConfig {
+    fn default() -> Self {
+        Self { steps: 20, strength: 1.0, method: "dpm++2m".into() }
+    }
+}
+
+/// The configuration of a pixel restorer (what `config.json` of a checkpoint holds).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PixelRestorerConfig {
+    pub kind: ModelKind,
+    /// Rectified pixels per art pixel per side; the encoder input has 4 f² channels.
+    pub factor: u32,
+    pub encoder: StructEncoderConfig,
+    /// The diffusion UNet (diffusion models only).
+    #[serde(default)]
+    pub unet: Option<UNetConfig>,
+    /// The fast model's head width.
+    #[serde(default = "default_head_channels")]
+    pub head_channels: usize,
+    /// `v` or `eps` (diffusion models).
+    #[serde(default = "default_prediction")]
+    pub prediction: String,
+    /// Training schedule: `cosine` or `linear` (LDM's), 1000 steps.
+    #[serde(default = "default_schedule")]
+    pub schedule: String,
+    #[serde(default)]
+    pub sampling: SamplingConfig,
+}
+
+fn default_head_channels() -> usize {
+    64
+}
+fn default_prediction() -> String {
+    "v".into()
+}
+fn default_schedule() -> String {
+    "cosine".into()
+}
+
+/// Timesteps of the training schedule.
+pub const TRAIN_TIMESTEPS: usize = 1000;
+
+impl PixelRestorerConfig {
+    /// The small configs this project trains on 2 cores.
+    pub fn small(kind: ModelKind) -> Self {
+        let factor = 4;
+        let encoder = StructEncoderConfig {
+            in_channels: 4 * (factor * factor) as usize,
+            model_channels: 64,
+            out_channels: 64,
+            num_res_blocks: 1,
+            attention_resolutions: vec![2],
+            channel_mult: vec![1, 2],
+            num_heads: Some(4),
+            num_head_channels: None,
+            use_new_attention_order: false,
+        };
+        let unet = (kind == ModelKind::Diffusion).then(|| UNetConfig {
+            in_channels: 4,
+            out_channels: 4,
+            model_channels: 64,
+            channel_mult: vec![1, 2],
+            num_res_blocks: 1,
+            attention_resolutions: vec![2],
+            num_heads: None,
+            num_head_channels: Some(32),
+            context_dim: None,
+            semb_channels: 64,
+            transformer_depth: 1,
+            use_linear_in_transformer: true,
+        });
+        Self {
+            kind,
+            factor,
+            encoder,
+            unet,
+            head_channels: default_head_channels(),
+            prediction: default_prediction(),
+            schedule: default_schedule(),
+            sampling: SamplingConfig::default(),
+        }
+    }
+
+    /// Art pixels per side must be a multiple of this (the networks halve the size once
+    /// per level below the first).
+    pub fn size_multiple(&self) -> usize {
+        let levels = self.unet.as_ref().map_or(self.encoder.channel_mult.len(), |u| u.channel_mult.len().max(self.encoder.channel_mult.len()));
+        1 << levels.saturating_sub(1)
+    }
+
+    pub fn prediction(&self) -> anyhow::Result<Prediction> {
+        match self.prediction.as_str() {
+            "v" => Ok(Prediction::V),
+            "eps" => Ok(Prediction::Eps),
+            other => bail!("unknown prediction {other:?}: use v or eps"),
+        }
+    }
+
+    pub fn training_schedule(&self) -> anyhow::Result<Schedule> {
+        Ok(match self.schedule.as_str() {
+            "cosine" => Schedule::cosine(TRAIN_TIMESTEPS, 0.008)?,
+            "linear" => Schedule::ldm_linear()?,
+            other => bail!("unknown schedule {other:?}: use cosine or linear"),
+        })
+    }
+
+    pub fn method(&self) -> anyhow::Result<Method> {
+        Ok(match self.sampling.method.as_str() {
+            "ddim" => Method::Ddim { eta: 0.0 },
+            "dpm++2m" => Method::DpmSolverPP2M { lower_order_final: true },
+            "ddpm" => Method::Ddpm,
+            other => bail!("unknown sampler {other:?}: use dpm++2m, ddim or ddpm"),
+        })
+    }
+}
+
+/// The mean over each cell's `f²` sub-pixels of the encoder input: the cells' plain mean
+/// colour, (B, 4, H, W). The fast model's base and the diffusion model's img2img start.
+pub fn cell_means(input: &Tensor, factor: u32) -> Result<Tensor> {
+    let (b, c, h, w) = input.dims4()?;
+    let ff = (factor * factor) as usize;
+    input.reshape((b, c / ff, ff, h, w))?.mean(2)
+}
+
+/// The one-pass restorer: structure encoder + head.
+pub struct FastRestorer {
+    encoder: StructEncoder,
+    norm: GroupNorm,
+    hidden: Conv2d,
+    out: Conv2d,
+    factor: u32,
+}
+
+impl FastRestorer {
+    /// Weights under `encoder.*` and `head.*`.
+    pub fn new(vb: VarBuilder, cfg: &PixelRestorerConfig) -> Result<Self> {
+        let encoder = StructEncoder::new(vb.pp("encoder"), &cfg.encoder)?;
+        let c = cfg.encoder.out_channels;
+        let head = vb.pp("head");
+        Ok(Self {
+            encoder,
+            norm: GroupNorm::group_norm32(head.pp("norm"), c)?,
+            hidden: Conv2d::same3x3(head.pp("hidden"), c, cfg.head_channels)?,
+            out: Conv2d::same3x3(head.pp("out"), cfg.head_channels, 4)?,
+            factor: cfg.factor,
+        })
+    }
+
+    /// The clean sprite (B, 4, H, W) from the encoder input (B, 4 f², H, W).
+    pub fn forward(&self, input: &Tensor) -> Result<Tensor> {
+        let (b, _, _, w) = input.dims4()?;
+        let t = Tensor::zeros(b, DType::F32, input.device())?;
+        let features = self.encoder.forward(input, &t)?;
+        let finest = features.get(w)?;
+        let h = self.hidden.forward(&self.norm.forward_silu(finest)?)?;
+        let residual = self.out.forward(&candle_nn::ops::silu(&h)?)?;
+        cell_means(input, self.factor)? + residual
+    }
+
+    pub fn loss(&self, input: &Tensor, target: &Tensor, w: &LossWeights) -> Result<(Tensor, Vec<(&'static str, f32)>)> {
+        sprite_losses(&self.forward(input)?, target, w)
+    }
+}
+
+/// The diffusion restorer: UNet with SPADE from the time-aware structure encoder.
+pub struct DiffusionRestorer {
+    encoder: StructEncoder,
+    unet: UNet,
+    prediction: Prediction,
+    schedule: Schedule,
+    cfg: PixelRestorerConfig,
+}
+
+impl DiffusionRestorer {
+    /// Weights under `encoder.*` and `unet.*`.
+    pub fn new(vb: VarBuilder, cfg: &PixelRestorerConfig) -> anyhow::Result<Self> {
+        let unet_cfg = cfg.unet.as_ref().context("a diffusion restorer's config needs `unet`")?;
+        Ok(Self {
+            encoder: StructEncoder::new(vb.pp("encoder"), &cfg.encoder)?,
+            unet: UNet::new(vb.pp("unet"), unet_cfg)?,
+            prediction: cfg.prediction()?,
+            schedule: cfg.training_schedule()?,
+            cfg: cfg.clone(),
+        })
+    }
+
+    /// The network's output for `x_t` at per-sample `timesteps` (B,) given the encoder input.
+    pub fn predict(&self, x_t: &Tensor, timesteps: &Tensor, input: &Tensor) -> Result<Tensor> {
+        let t = timesteps.to_dtype(DType::F32)?;
+        let features = self.encoder.forward(input, &t)?;
+        self.unet.forward(x_t, &t, None, &features)
+    }
+
+    /// The training loss at timesteps and noise drawn from `seed`: the diffusion loss on
+    /// the network output, plus the sprite losses on the predicted clean sprite.
+    pub fn loss(&self, input: &Tensor, target: &Tensor, seed: u64, w: &LossWeights) -> Result<(Tensor, Vec<(&'static str, f32)>)> {
+        use rand::Rng;
+        let (b, c, h, wd) = target.dims4()?;
+        let mut rng = crate::rng::rng_from_seed(seed);
+        let steps: Vec<usize> = (0..b).map(|_| rng.random_range(0..self.schedule.len())).collect();
+        let noise: Vec<f32> = (0..b * c * h * wd).map(|_| rng.sample(rand_distr::StandardNormal)).collect();
+        let noise = Tensor::from_vec(noise, target.shape(), target.device())?;
+        let ac: Vec<f64> = steps.iter().map(|&s| self.schedule.alphas_cumprod()[s]).collect();
+        let per_sample = |v: Vec<f32>| Tensor::from_vec(v, (b, 1, 1, 1), target.device());
+        let alpha = per_sample(ac.iter().map(|a| a.sqrt() as f32).collect())?;
+        let sigma = per_sample(ac.iter().map(|a| (1.0 - a).sqrt() as f32).collect())?;
+        let x_t = (target.broadcast_mul(&alpha)? + noise.broadcast_mul(&sigma)?)?;
+        let t = Tensor::from_vec(steps.iter().map(|&s| s as f32).collect::<Vec<_>>(), b, target.device())?;
+        let out = self.predict(&x_t, &t, input)?;
+        let (wanted, x0) = match self.prediction {
+            Prediction::Eps => (noise.clone(), ((&x_t - out.broadcast_mul(&sigma)?)?.broadcast_div(&alpha))?),
+            Prediction::V => (
+                (noise.broadcast_mul(&alpha)? - target.broadcast_mul(&sigma)?)?,
+                (x_t.broadcast_mul(&alpha)? - out.broadcast_mul(&sigma)?)?,
+            ),
+        };
+        let diffusion = (&out - &wanted)?.sqr()?.mean_all()?;
+        let (sprite, mut parts) = sprite_losses(&x0.clamp(-1.5, 1.5)?, target, w)?;
+        parts.insert(0, ("diffusion", diffusion.to_scalar::<f32>()?));
+        Ok((((diffusion * w.diffusion)? + sprite)?, parts))
+    }
+
+    /// Samples clean sprites for a batch of encoder inputs, seeded per sample.
+    pub fn sample(&self, input: &Tensor, seeds: &[u64]) -> anyhow::Result<Tensor> {
+        let sampling = &self.cfg.sampling;
+        let sampler = Sampler::new(&self.schedule, sampling.steps, self.cfg.method()?)?;
+        let mut denoiser = FnDenoiser::new(self.prediction, |x_t: &Tensor, t: &Tensor| self.predict(x_t, t, input));
+        let (b, _, h, w) = input.dims4()?;
+        let base = cell_means(input, self.cfg.factor)?;
+        let shape = [b, 4, h, w];
+        let start = if sampling.strength >= 1.0 {
+            Start::Noise { shape: &shape, dtype: DType::F32, device: input.device() }
+        } else {
+            Start::Latent { latent: &base, strength: sampling.strength }
+        };
+        Ok(sampler.sample(&mut denoiser, start, seeds, None)?.clamp(-1.0, 1.0)?)
+    }
+}
+
+/// A loaded pixel restorer of either kind.
+pub enum PixelRestorer {
+    Fast(FastRestorer),
+    Diffusion(DiffusionRestorer),
+}
+
+impl PixelRestorer {
+    pub fn new(vb: VarBuilder, cfg: &PixelRestorerConfig) -> anyhow::Result<Self> {
+        Ok(match cfg.kind {
+            ModelKind::Fast => Self::Fast(FastRestorer::new(vb, cfg)?),
+            ModelKind::Diffusion => Self::Diffusion(DiffusionRestorer::new(vb, cfg)?),
+        })
+    }
+
+    /// The training loss of a batch.
+    pub fn loss(&self, input: &Tensor, target: &Tensor, seed: u64, w: &LossWeights) -> Result<(Tensor, Vec<(&'static str, f32)>)> {
+        match self {
+            Self::Fast(m) => m.loss(input, target, w),
+            Self::Diffusion(m) => m.loss(input, target, seed, w),
+        }
+    }
+
+    /// The clean sprites predicted for a batch of encoder inputs.
+    pub fn predict(&self, input: &Tensor, seeds: &[u64]) -> anyhow::Result<Tensor> {
+        match self {
+            Self::Fast(m) => Ok(m.forward(input)?.clamp(-1.0, 1.0)?),
+            Self::Diffusion(m) => m.sample(input, seeds),
+        }
+    }
+}
+
+/// The encoder input for an image: grid analysis, rectification to `factor` pixels per
+/// cell, padding (by repeating the last row and column of cells) to a multiple of
+/// `multiple` cells, and pixel-unshuffle. Returns the grid and the (1, 4 f², H', W') input.
+pub fn encoder_input(image: &RgbaImage, grid_opts: &GridOptions, factor: u32, multiple: usize, device: &Device) -> anyhow::Result<(Grid, Tensor)> {
+    let grid = analyse(image, grid_opts)?;
+    let rectified = rectify(image, &grid, factor);
+    let (cols, rows) = (grid.cols() as usize, grid.rows() as usize);
+    let pad = |n: usize| n.div_ceil(multiple) * multiple;
+    let (pw, ph) = (pad(cols) as u32 * factor, pad(rows) as u32 * factor);
+    let padded = RgbaImage::from_fn(pw, ph, |x, y| *rectified.get_pixel(x.min(rectified.width() - 1), y.min(rectified.height() - 1)));
+    let input = pixel_unshuffle(&image_to_tensor(&padded, device)?, factor as usize)?;
+    Ok((grid, input))
+}
+
+/// The decoder's palette and alpha stage on a predicted sprite: the prediction (1, 4, H', W')
+/// cropped to the grid's cells becomes the cells' colour and alpha; the cells' spread
+/// (how noisy the input was) comes from the input, so near-duplicate colours merge as
+/// they do for the snap restorer.
+pub fn decode_prediction(pred: &Tensor, image: &RgbaImage, grid: &Grid, opts: &DecodeOptions) -> anyhow::Result<Decoded> {
+    let (cols, rows) = (grid.cols() as usize, grid.rows() as usize);
+    let cropped = pred.narrow(D::Minus2, 0, rows)?.narrow(D::Minus1, 0, cols)?;
+    let predicted = crate::rectify::tensor_to_image(&cropped)?;
+    let mut cells = reduce_cells(image, grid);
+    for (i, p) in predicted.pixels().enumerate() {
+        cells.colour[i] = crate::colour::srgb8_to_oklab([p[0], p[1], p[2]]);
+        cells.alpha[i] = f32::from(p[3]);
+    }
+    Ok(decode(&cells, opts))
+}
