@@ -16,6 +16,7 @@ use std::time::Instant;
 
 mod convert_cmd;
 mod restore_cmd;
+mod train_cmd;
 
 // The training and restoring paths allocate many large short-lived buffers; glibc's malloc
 // returns them to the kernel and page-faults them back in, mimalloc keeps them.
@@ -39,6 +40,8 @@ enum Command {
     Restore(restore_cmd::RestoreArgs),
     /// Write a checkpoint's tensors (.ckpt/.pt/.pth, .safetensors or hf://) as .safetensors.
     Convert(convert_cmd::ConvertArgs),
+    /// Train the fast or diffusion restorer on clean sprites, or fine-tune its adapter on a style.
+    Train(train_cmd::TrainArgs),
 }
 
 #[derive(clap::Args)]
@@ -109,6 +112,7 @@ fn main() -> ExitCode {
         Command::Eval(args) => run_eval(args),
         Command::Restore(args) => restore_cmd::run(args),
         Command::Convert(args) => convert_cmd::run(args),
+        Command::Train(args) => train_cmd::run(args),
     };
     match result {
         Ok(code) => code,

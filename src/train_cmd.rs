@@ -1,0 +1,133 @@
+//! `spritedx train`: trains the fast or the diffusion restorer on clean sprites, or
+//! fine-tunes a trained model's adapter on a style.
+
+use anyhow::{bail, Context, Result};
+use indicatif::{ProgressBar, ProgressStyle};
+use spritedx::degrade::Preset;
+use spritedx::pixel_restorer::{ModelKind, PixelRestorerConfig};
+use spritedx::train::run::{load_model_dir, train, TrainConfig, TrainPart};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(clap::Args)]
+pub struct TrainArgs {
+    /// Which model to train (ignored with --init, which fixes the model).
+    #[arg(long, value_enum, default_value = "fast")]
+    model: ModelKind,
+    /// Folder of clean sprites (its `train` split is used; `val` validates).
+    #[arg(long, default_value = "../shared/data/sprites")]
+    data: PathBuf,
+    /// Output folder: checkpoint, logs, plot and the exported model. A run started on a
+    /// folder with a checkpoint of the same config resumes from it.
+    #[arg(long)]
+    out: PathBuf,
+    /// Training steps in all (a resumed run continues up to this).
+    #[arg(long, default_value_t = 2000)]
+    steps: u64,
+    #[arg(long, default_value_t = 16)]
+    batch: usize,
+    /// Art pixels per side of a training patch.
+    #[arg(long, default_value_t = 16)]
+    patch_cells: usize,
+    #[arg(long, default_value_t = 2e-4)]
+    lr: f64,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Decay of the exponential moving average of the weights (the exported model).
+    #[arg(long, default_value_t = 0.999)]
+    ema_decay: f64,
+    /// Degradation presets mixed in training.
+    #[arg(long, value_delimiter = ',', default_value = "clean,seed,hard,ai")]
+    preset: Vec<Preset>,
+    /// Start from a trained model folder (config.json + model.safetensors).
+    #[arg(long)]
+    init: Option<PathBuf>,
+    /// Train everything, or only the conditioning adapter (with --init: fine-tuning).
+    #[arg(long, value_enum, default_value = "all")]
+    train: TrainPart,
+    /// Only sprites of these categories (file names dcss_CATEGORY_...).
+    #[arg(long, value_delimiter = ',')]
+    only_category: Vec<String>,
+    /// Leave these categories out (e.g. a style held out for fine-tuning).
+    #[arg(long, value_delimiter = ',')]
+    exclude_category: Vec<String>,
+    /// Steps between checkpoints.
+    #[arg(long, default_value_t = 100)]
+    checkpoint_every: u64,
+    /// Steps between validations (a multiple of --checkpoint-every validates the EMA weights).
+    #[arg(long, default_value_t = 500)]
+    validate_every: u64,
+    /// Validation sprites per preset (0: no validation).
+    #[arg(long, default_value_t = 32)]
+    validate_sprites: usize,
+    /// Also write the trained tensors alone to this .safetensors file (the adapter file of
+    /// a fine-tuning run, for `spritedx restore --adapter`).
+    #[arg(long, value_name = "FILE.safetensors")]
+    adapter_out: Option<PathBuf>,
+    /// A JSON file with a full training config (as the run's config.json); the other
+    /// options are then ignored except --out.
+    #[arg(long)]
+    config: Option<PathBuf>,
+}
+
+pub fn run(args: TrainArgs) -> Result<ExitCode> {
+    let cfg = match &args.config {
+        Some(path) => serde_json::from_slice(&std::fs::read(path).with_context(|| format!("reading {}", path.display()))?)
+            .with_context(|| format!("{} is not a training config", path.display()))?,
+        None => config_from_args(&args)?,
+    };
+    let bar = ProgressBar::new(cfg.steps);
+    bar.set_style(
+        ProgressStyle::with_template("train {bar:40} {pos}/{len} steps, {msg} [{elapsed_precise}, ETA {eta}]")
+            .expect("progress template is valid"),
+    );
+    let summary = train(&cfg, &args.out, &mut |step, rate| {
+        bar.set_position(step);
+        bar.set_message(format!("{rate:.1} samples/s"));
+    })?;
+    bar.finish();
+    if let Some(from) = summary.resumed_from {
+        eprintln!("resumed from step {from}");
+    }
+    eprintln!(
+        "trained to step {} in {:.0} s; model in {}",
+        summary.steps_done,
+        summary.seconds,
+        args.out.join("model").display()
+    );
+    if let Some(adapter) = &args.adapter_out {
+        if adapter.extension().is_none_or(|e| e != "safetensors") {
+            bail!("--adapter-out must end in .safetensors");
+        }
+        std::fs::copy(args.out.join("model/model.safetensors"), adapter)
+            .with_context(|| format!("writing {}", adapter.display()))?;
+        eprintln!("adapter tensors in {}", adapter.display());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn config_from_args(args: &TrainArgs) -> Result<TrainConfig> {
+    let model = match &args.init {
+        Some(dir) => load_model_dir(dir)?.0,
+        None => PixelRestorerConfig::small(args.model),
+    };
+    if args.train == TrainPart::Adapter && args.init.is_none() {
+        bail!("--train adapter fine-tunes a trained model: give it with --init");
+    }
+    let mut cfg = TrainConfig::new(model, args.data.clone());
+    cfg.steps = args.steps;
+    cfg.batch = args.batch;
+    cfg.patch_cells = args.patch_cells;
+    cfg.optim.lr = args.lr;
+    cfg.seed = args.seed;
+    cfg.ema_decay = args.ema_decay;
+    cfg.presets = args.preset.clone();
+    cfg.init = args.init.clone();
+    cfg.train = args.train;
+    cfg.selection.only_categories = args.only_category.clone();
+    cfg.selection.exclude_categories = args.exclude_category.clone();
+    cfg.checkpoint_every = args.checkpoint_every;
+    cfg.validate_every = args.validate_every;
+    cfg.validate_sprites = args.validate_sprites;
+    Ok(cfg)
+}
