@@ -17,8 +17,18 @@ use candle_nn::VarBuilder;
 pub mod ops {
     use candle_core::{DType, Result, Tensor, D};
 
+    /// Whether the fast CPU ops of [`crate::nn`] run `x`: f32 on the CPU. Elsewhere
+    /// candle's own ops do (CUDA has fast convolutions; the custom ops are CPU-only).
+    fn fast_cpu(x: &Tensor) -> bool {
+        x.device().is_cpu() && x.dtype() == DType::F32
+    }
+
     /// 2-D convolution of `x` (B, C_in, H, W) with `weight` (C_out, C_in, kH, kW), plus a
     /// per-channel `bias` (C_out).
+    ///
+    /// On the CPU, 3x3 kernels with padding 1 run as NHWC im2col + one matmul
+    /// ([`crate::nn::conv`]) and 1x1 kernels as one matmul: candle's CPU convolution
+    /// backward is a direct-loop transposed convolution, several times slower to train.
     pub fn conv2d(
         x: &Tensor,
         weight: &Tensor,
@@ -26,8 +36,24 @@ pub mod ops {
         stride: usize,
         padding: usize,
     ) -> Result<Tensor> {
-        let y = x.conv2d(weight, padding, stride, 1, 1)?;
+        let (c_out, c_in, kh, kw) = weight.dims4()?;
         let channels = bias.dims1()?;
+        if fast_cpu(x) && (kh, kw, padding) == (3, 3, 1) {
+            let (b, _, _, _) = x.dims4()?;
+            let cols = crate::nn::conv::im2col3x3(&x.permute((0, 2, 3, 1))?, stride)?;
+            let w = crate::nn::conv::Conv3x3::weight_from_oihw(weight)?;
+            let (_, _, h, wd) = x.dims4()?;
+            let (oh, ow) = ((h - 1) / stride + 1, (wd - 1) / stride + 1);
+            let y = cols.matmul(&w)?.broadcast_add(bias)?;
+            return y.reshape((b, oh, ow, c_out))?.permute((0, 3, 1, 2));
+        }
+        if fast_cpu(x) && (kh, kw, stride, padding) == (1, 1, 1, 0) {
+            let (b, _, h, wd) = x.dims4()?;
+            let flat = x.reshape((b, c_in, h * wd))?;
+            let y = weight.reshape((c_out, c_in))?.broadcast_matmul(&flat)?;
+            return y.broadcast_add(&bias.reshape((1, channels, 1))?)?.reshape((b, c_out, h, wd));
+        }
+        let y = x.conv2d(weight, padding, stride, 1, 1)?;
         y.broadcast_add(&bias.reshape((1, channels, 1, 1))?)
     }
 
@@ -76,6 +102,13 @@ pub mod ops {
         weight: &Tensor,
         bias: &Tensor,
     ) -> Result<Tensor> {
+        // The fused op (one pass forward, one backward; [`crate::nn::norm`]) works on
+        // channels-last tensors of rank 4.
+        if fast_cpu(x) && x.rank() == 4 {
+            let nhwc = x.permute((0, 2, 3, 1))?;
+            let y = crate::nn::norm::group_norm_silu(&nhwc, weight, bias, num_groups, eps)?;
+            return y.permute((0, 3, 1, 2));
+        }
         silu(&group_norm(x, num_groups, eps, weight, bias)?)
     }
 
