@@ -268,6 +268,11 @@ impl DiffusionRestorer {
         Ok((((diffusion * w.diffusion)? + sprite)?, parts))
     }
 
+    /// Changes how [`DiffusionRestorer::sample`] samples (steps, start, method).
+    pub fn set_sampling(&mut self, sampling: SamplingConfig) {
+        self.cfg.sampling = sampling;
+    }
+
     /// Samples clean sprites for a batch of encoder inputs, seeded per sample.
     pub fn sample(&self, input: &Tensor, seeds: &[u64]) -> anyhow::Result<Tensor> {
         let sampling = &self.cfg.sampling;
@@ -344,4 +349,75 @@ pub fn decode_prediction(pred: &Tensor, image: &RgbaImage, grid: &Grid, opts: &D
         cells.alpha[i] = f32::from(p[3]);
     }
     Ok(decode(&cells, opts))
+}
+
+/// Where the trained models ship: `checkpoints/` of the source tree (the binary is built
+/// from it), or `$SPRITEDX_CHECKPOINTS` when set.
+pub fn checkpoints_dir() -> std::path::PathBuf {
+    match std::env::var_os("SPRITEDX_CHECKPOINTS") {
+        Some(dir) => dir.into(),
+        None => std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("checkpoints"),
+    }
+}
+
+/// The shipped model folder of a kind: `checkpoints/pixel-restorer` (diffusion) and
+/// `checkpoints/pixel-restorer-fast`.
+pub fn default_model_dir(kind: ModelKind) -> std::path::PathBuf {
+    checkpoints_dir().join(match kind {
+        ModelKind::Diffusion => "pixel-restorer",
+        ModelKind::Fast => "pixel-restorer-fast",
+    })
+}
+
+/// A pixel restorer loaded from a model folder, ready to restore images.
+pub struct LoadedPixelRestorer {
+    pub config: PixelRestorerConfig,
+    pub model: PixelRestorer,
+    /// Seed of the diffusion sampler (the same for every image, so results repeat).
+    pub seed: u64,
+}
+
+impl LoadedPixelRestorer {
+    /// Loads `dir` (`config.json` + `model.safetensors`); `adapter` is a file of tensors
+    /// (from a fine-tuning run) that replace the same-named ones.
+    pub fn load(dir: &std::path::Path, adapter: Option<&std::path::Path>) -> anyhow::Result<Self> {
+        let (config, mut tensors) = crate::train::run::load_model_dir(dir)
+            .with_context(|| format!("loading the model in {} (train one with `spritedx train`)", dir.display()))?;
+        if let Some(path) = adapter {
+            let (adapter_tensors, _) = crate::train::checkpoint::load(path, &Device::Cpu)?;
+            for (name, t) in adapter_tensors {
+                match tensors.get(&name) {
+                    Some(base) if base.dims() == t.dims() => {
+                        tensors.insert(name, t);
+                    }
+                    Some(base) => bail!("adapter tensor {name} has shape {:?}, the model's {:?}", t.dims(), base.dims()),
+                    None => bail!("adapter {} has {name}, which the model in {} lacks: was it trained from this model?", path.display(), dir.display()),
+                }
+            }
+        }
+        let vb = VarBuilder::from_tensors(tensors, DType::F32, &Device::Cpu);
+        let model = PixelRestorer::new(vb, &config)?;
+        Ok(Self { config, model, seed: 0 })
+    }
+
+    /// Sets the diffusion sampler's step count (the fast model has none).
+    pub fn set_steps(&mut self, steps: usize) -> anyhow::Result<()> {
+        if steps == 0 {
+            bail!("the sampler needs at least 1 step");
+        }
+        self.config.sampling.steps = steps;
+        if let PixelRestorer::Diffusion(m) = &mut self.model {
+            m.set_sampling(self.config.sampling.clone());
+        }
+        Ok(())
+    }
+
+    /// Restores one image: grid analysis (with the options' overrides), the model, then
+    /// the decoder's palette and alpha stage with the options' settings.
+    pub fn restore(&self, image: &RgbaImage, opts: &crate::snap::SnapOptions) -> anyhow::Result<crate::snap::Restored> {
+        let (grid, input) = encoder_input(image, &opts.grid, self.config.factor, self.config.size_multiple(), &Device::Cpu)?;
+        let pred = self.model.predict(&input, &[self.seed])?;
+        let decoded = decode_prediction(&pred, image, &grid, &opts.decode)?;
+        Ok(crate::snap::Restored { image: decoded.image, grid, palette: decoded.palette })
+    }
 }

@@ -10,6 +10,7 @@ use spritedx::decoder::{AlphaMode, DecodeOptions, PaletteChoice};
 use spritedx::grid::GridOptions;
 use spritedx::io::{load_rgba_with, save_png_atomic, ReadLimits, DEFAULT_MAX_PIXELS};
 use spritedx::palette::{AutoPaletteOptions, Palette};
+use spritedx::pixel_restorer::{default_model_dir, LoadedPixelRestorer, ModelKind};
 use spritedx::snap::{restore, SnapOptions};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -23,9 +24,24 @@ pub struct RestoreArgs {
     /// Output: a .png file for a single input, otherwise a folder (created if missing).
     #[arg(short, long)]
     output: PathBuf,
-    /// Restorer to use.
-    #[arg(long, default_value = "snap", value_parser = ["snap"])]
+    /// Restorer to use: snap (grid analysis + decoder), fast (one-pass learned model) or
+    /// diffusion (learned diffusion model).
+    #[arg(long, default_value = "snap", value_parser = ["snap", "fast", "diffusion"])]
     model: String,
+    /// Model folder of a learned restorer (config.json + model.safetensors), e.g. a
+    /// training run's `model/`; default: the shipped one in checkpoints/.
+    #[arg(long, value_name = "SOURCE")]
+    weights: Option<String>,
+    /// Tensors from a fine-tuning run (`spritedx train --train adapter`) that replace the
+    /// model's own.
+    #[arg(long, value_name = "FILE.safetensors")]
+    adapter: Option<PathBuf>,
+    /// Diffusion sampler steps (default: the model's).
+    #[arg(long)]
+    steps: Option<usize>,
+    /// Seed of the diffusion sampler.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
     /// Also write an N-times nearest-neighbour upscale beside each output.
     #[arg(long, value_name = "N")]
     preview: Option<u32>,
@@ -101,8 +117,47 @@ struct ReportEntry {
     error: Option<String>,
 }
 
+/// The restorer a run uses.
+enum Engine {
+    Snap,
+    Pixel(LoadedPixelRestorer),
+}
+
+impl Engine {
+    fn new(args: &RestoreArgs) -> Result<Self> {
+        let kind = match args.model.as_str() {
+            "snap" => {
+                if args.weights.is_some() || args.adapter.is_some() {
+                    bail!("--weights and --adapter are for the learned models (--model fast or diffusion)");
+                }
+                return Ok(Engine::Snap);
+            }
+            "fast" => ModelKind::Fast,
+            _ => ModelKind::Diffusion,
+        };
+        let dir = args.weights.as_ref().map(PathBuf::from).unwrap_or_else(|| default_model_dir(kind));
+        let mut model = LoadedPixelRestorer::load(&dir, args.adapter.as_deref())?;
+        if model.config.kind != kind {
+            bail!("{} holds a {:?} model, not a {kind:?} one", dir.display(), model.config.kind);
+        }
+        if let Some(steps) = args.steps {
+            model.set_steps(steps)?;
+        }
+        model.seed = args.seed;
+        Ok(Engine::Pixel(model))
+    }
+
+    fn restore(&self, img: &image::RgbaImage, opts: &SnapOptions) -> Result<spritedx::snap::Restored> {
+        match self {
+            Engine::Snap => Ok(restore(img, opts)?),
+            Engine::Pixel(m) => m.restore(img, opts),
+        }
+    }
+}
+
 pub fn run(args: RestoreArgs) -> Result<ExitCode> {
     let opts = snap_options(&args)?;
+    let engine = Engine::new(&args)?;
     let inputs = expand_inputs(&args.inputs)?;
     let outputs = plan_outputs(&inputs, &args.output);
     if let Some(0) = args.preview {
@@ -120,7 +175,7 @@ pub fn run(args: RestoreArgs) -> Result<ExitCode> {
                 let start = Instant::now();
                 let result = output.and_then(|out| {
                     let img = load_rgba_with(input, limits)?;
-                    let restored = restore(&img, &opts).with_context(|| input.display().to_string())?;
+                    let restored = engine.restore(&img, &opts).with_context(|| input.display().to_string())?;
                     save_png_atomic(&restored.image, &out)?;
                     if let Some(k) = args.preview {
                         let (w, h) = restored.image.dimensions();

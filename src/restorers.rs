@@ -1,6 +1,7 @@
 //! The restorers that `spritedx eval` and `spritedx restore` can run, behind one trait.
 
 use crate::degrade::GridTruth;
+use crate::pixel_restorer::{default_model_dir, LoadedPixelRestorer, ModelKind};
 use crate::snap::{restore, SnapOptions};
 use anyhow::{bail, Result};
 use image::RgbaImage;
@@ -20,15 +21,42 @@ pub trait Restorer: Send + Sync {
     fn restore(&self, image: &RgbaImage, ctx: &RestoreContext) -> Result<RgbaImage>;
 }
 
-/// Names accepted by [`restorer_by_name`].
-pub const RESTORER_NAMES: &[&str] = &["snap", "nearest-downscale"];
+/// Names accepted by [`restorer_by_name`]; `model:DIR` also loads the pixel restorer in
+/// folder `DIR` (a training run's `model/`).
+pub const RESTORER_NAMES: &[&str] = &["snap", "fast", "diffusion", "nearest-downscale"];
 
-/// Builds a restorer from its `--model` name.
+/// Builds a restorer from its `--model` name: `fast` and `diffusion` load the shipped
+/// models ([`default_model_dir`]).
 pub fn restorer_by_name(name: &str) -> Result<Box<dyn Restorer>> {
+    let learned = |label: &str, dir: &std::path::Path| -> Result<Box<dyn Restorer>> {
+        Ok(Box::new(Learned { name: label.to_string(), model: LoadedPixelRestorer::load(dir, None)?, options: SnapOptions::default() }))
+    };
     match name {
         "snap" => Ok(Box::new(Snap(SnapOptions::default()))),
         "nearest-downscale" => Ok(Box::new(NearestDownscale)),
-        other => bail!("unknown model {other:?}; known models: {}", RESTORER_NAMES.join(", ")),
+        "fast" => learned("fast", &default_model_dir(ModelKind::Fast)),
+        "diffusion" => learned("diffusion", &default_model_dir(ModelKind::Diffusion)),
+        other => match other.strip_prefix("model:") {
+            Some(dir) => learned(other, std::path::Path::new(dir)),
+            None => bail!("unknown model {other:?}; known models: {}, or model:DIR", RESTORER_NAMES.join(", ")),
+        },
+    }
+}
+
+/// A learned pixel restorer (fast or diffusion) under a name.
+pub struct Learned {
+    pub name: String,
+    pub model: LoadedPixelRestorer,
+    pub options: SnapOptions,
+}
+
+impl Restorer for Learned {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn restore(&self, image: &RgbaImage, _ctx: &RestoreContext) -> Result<RgbaImage> {
+        Ok(self.model.restore(image, &self.options)?.image)
     }
 }
 
