@@ -288,6 +288,21 @@ fn write_plot(out: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Whether a checkpoint made with `saved` can continue as `cfg`: everything that shapes
+/// the model, the data and the optimisation must agree; how long the run is and how often
+/// it logs, checkpoints and validates may change (so a run can be extended).
+fn same_run(saved: &TrainConfig, cfg: &TrainConfig) -> Result<bool> {
+    let schedule_free = |c: &TrainConfig| -> Result<String> {
+        let mut c = c.clone();
+        c.steps = 0;
+        c.log_every = 0;
+        c.checkpoint_every = 0;
+        c.validate_every = 0;
+        Ok(serde_json::to_string(&c)?)
+    };
+    Ok(schedule_free(saved)? == schedule_free(cfg)?)
+}
+
 /// Outcome of a run.
 #[derive(Debug)]
 pub struct RunSummary {
@@ -342,7 +357,7 @@ pub fn train(cfg: &TrainConfig, out: &Path, on_step: &mut dyn FnMut(u64, f64)) -
     if ckpt_path.exists() {
         let (tensors, meta) = checkpoint::load(&ckpt_path, &device)?;
         let saved: TrainConfig = serde_json::from_str(meta.get("config").context("checkpoint without config")?)?;
-        if serde_json::to_string(&saved)? != config_json {
+        if !same_run(&saved, cfg)? {
             bail!(
                 "{} was made by another configuration; use another --out folder, or delete the checkpoint to start over",
                 ckpt_path.display()
