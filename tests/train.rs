@@ -1,0 +1,165 @@
+//! `spritedx train` and the learned restorers, on tiny models and sprites the tests make:
+//! exact resumption, adapter fine-tuning, and restoring with the trained folders.
+
+use image::{imageops, Rgba, RgbaImage};
+use spritedx::pixel_restorer::{LoadedPixelRestorer, ModelKind, PixelRestorerConfig};
+use spritedx::train::run::{train, TrainConfig, TrainPart};
+use std::path::Path;
+use std::process::Command;
+
+/// A few 16x16 sprites in two categories (`dcss_mon_*`, `dcss_gui_*`), enough of them that
+/// both splits have some.
+fn write_sprites(dir: &Path) {
+    std::fs::create_dir_all(dir).unwrap();
+    let palette = [[30u8, 30, 50], [200, 60, 40], [240, 200, 60], [60, 160, 90]];
+    for i in 0..40u32 {
+        let img = RgbaImage::from_fn(16, 16, |x, y| {
+            if (x + i) % 7 == 0 && y < 3 {
+                return Rgba([0, 0, 0, 0]);
+            }
+            let [r, g, b] = palette[((x / 3 + y / 4 + i) % 4) as usize];
+            Rgba([r, g, b, 255])
+        });
+        let category = if i % 2 == 0 { "mon" } else { "gui" };
+        img.save(dir.join(format!("dcss_{category}_{i:02}.png"))).unwrap();
+    }
+}
+
+/// A tiny model of either kind: one level of 32 channels.
+fn tiny(kind: ModelKind) -> PixelRestorerConfig {
+    let mut cfg = PixelRestorerConfig::small(kind);
+    cfg.factor = 2;
+    cfg.encoder.in_channels = 16;
+    cfg.encoder.model_channels = 32;
+    cfg.encoder.out_channels = 32;
+    cfg.encoder.channel_mult = vec![1, 2];
+    cfg.head_channels = 32;
+    if let Some(unet) = cfg.unet.as_mut() {
+        unet.model_channels = 32;
+        unet.semb_channels = 32;
+        unet.num_head_channels = Some(16);
+    }
+    cfg.sampling.steps = 3;
+    cfg
+}
+
+fn tiny_run(kind: ModelKind, data: &Path, steps: u64) -> TrainConfig {
+    let mut cfg = TrainConfig::new(tiny(kind), data.to_path_buf());
+    cfg.batch = 2;
+    cfg.patch_cells = 8;
+    cfg.steps = steps;
+    cfg.seed = 5;
+    cfg.log_every = 1;
+    cfg.checkpoint_every = 2;
+    cfg.validate_every = 4;
+    cfg.validate_sprites = 2;
+    cfg.presets = vec![spritedx::degrade::Preset::Clean, spritedx::degrade::Preset::Seed];
+    cfg.warmup_steps = 2;
+    cfg
+}
+
+/// The exported model's tensors as (name, values), sorted by name.
+fn model_values(dir: &Path) -> Vec<(String, Vec<f32>)> {
+    let (tensors, _) = spritedx::train::checkpoint::load(&dir.join("model/model.safetensors"), &candle_core::Device::Cpu).unwrap();
+    let mut values: Vec<(String, Vec<f32>)> =
+        tensors.into_iter().map(|(k, t)| (k, t.flatten_all().unwrap().to_vec1::<f32>().unwrap())).collect();
+    values.sort_by(|a, b| a.0.cmp(&b.0));
+    values
+}
+
+#[test]
+fn an_interrupted_run_resumes_exactly() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("sprites");
+    write_sprites(&data);
+    for kind in [ModelKind::Fast, ModelKind::Diffusion] {
+        let straight = tmp.path().join(format!("{kind:?}-straight"));
+        let split = tmp.path().join(format!("{kind:?}-split"));
+        train(&tiny_run(kind, &data, 4), &straight, &mut |_, _| {}).unwrap();
+        // Stopped after the checkpoint of step 2, then started again with the full length.
+        let first = train(&tiny_run(kind, &data, 2), &split, &mut |_, _| {}).unwrap();
+        assert_eq!(first.resumed_from, None);
+        let second = train(&tiny_run(kind, &data, 4), &split, &mut |_, _| {}).unwrap();
+        assert_eq!(second.resumed_from, Some(2), "{kind:?}");
+        // Bit for bit: every batch and noise draw is a function of the seed and the step.
+        assert!(model_values(&straight) == model_values(&split), "{kind:?}: resumed weights differ");
+        // The logs cover every step once, and validation and the plot were written.
+        let log = std::fs::read_to_string(split.join("log.jsonl")).unwrap();
+        assert_eq!(log.lines().count(), 4, "{log}");
+        assert!(split.join("val.jsonl").exists() && split.join("plot.png").exists());
+        // A different configuration refuses the checkpoint instead of mixing runs.
+        let mut other = tiny_run(kind, &data, 6);
+        other.optim.lr *= 2.0;
+        let err = train(&other, &split, &mut |_, _| {}).unwrap_err();
+        assert!(format!("{err:#}").contains("another configuration"), "{err:#}");
+    }
+}
+
+#[test]
+fn fine_tuning_trains_and_saves_only_the_adapter() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("sprites");
+    write_sprites(&data);
+    let base = tmp.path().join("base");
+    let mut base_cfg = tiny_run(ModelKind::Diffusion, &data, 2);
+    base_cfg.selection.exclude_categories = vec!["gui".into()];
+    train(&base_cfg, &base, &mut |_, _| {}).unwrap();
+
+    let tuned = tmp.path().join("tuned");
+    let mut tune_cfg = tiny_run(ModelKind::Diffusion, &data, 2);
+    tune_cfg.selection.only_categories = vec!["gui".into()];
+    tune_cfg.init = Some(base.join("model"));
+    tune_cfg.train = TrainPart::Adapter;
+    train(&tune_cfg, &tuned, &mut |_, _| {}).unwrap();
+    let (adapter, _) = spritedx::train::checkpoint::load(&tuned.join("model/model.safetensors"), &candle_core::Device::Cpu).unwrap();
+    let (full, _) = spritedx::train::checkpoint::load(&base.join("model/model.safetensors"), &candle_core::Device::Cpu).unwrap();
+    assert!(!adapter.is_empty() && adapter.len() < full.len(), "{} of {}", adapter.len(), full.len());
+    assert!(adapter.keys().all(|k| spritedx::train::run::is_adapter_var(k)), "{:?}", adapter.keys().collect::<Vec<_>>());
+    assert!(adapter.keys().any(|k| k.starts_with("encoder.")) && adapter.keys().any(|k| k.contains("spade")));
+    // The adapter changed what it trained.
+    let name = adapter.keys().find(|k| k.starts_with("encoder.")).unwrap();
+    let diff = (&adapter[name] - &full[name]).unwrap().abs().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap();
+    assert!(diff > 0.0, "{name} unchanged");
+
+    // The CLI restores with the base model plus the adapter, and names a foreign adapter.
+    let sprite = image::open(data.join("dcss_gui_01.png")).unwrap().to_rgba8();
+    let big = imageops::resize(&sprite, 48, 48, imageops::FilterType::Nearest);
+    let input = tmp.path().join("in.png");
+    big.save(&input).unwrap();
+    let out = tmp.path().join("out.png");
+    let status = Command::new(env!("CARGO_BIN_EXE_spritedx"))
+        .args(["restore", input.to_str().unwrap(), "-o", out.to_str().unwrap(), "--model", "diffusion", "--weights"])
+        .arg(base.join("model"))
+        .arg("--adapter")
+        .arg(tuned.join("model/model.safetensors"))
+        .output()
+        .unwrap();
+    assert!(status.status.success(), "{}", String::from_utf8_lossy(&status.stderr));
+    assert_eq!(image::open(&out).unwrap().to_rgba8().dimensions(), (16, 16));
+    let fast = tmp.path().join("fast");
+    train(&tiny_run(ModelKind::Fast, &data, 1), &fast, &mut |_, _| {}).unwrap();
+    let err = LoadedPixelRestorer::load(&fast.join("model"), Some(&tuned.join("model/model.safetensors"))).err().expect("a diffusion adapter does not fit a fast model");
+    assert!(format!("{err:#}").contains("adapter"), "{err:#}");
+}
+
+#[test]
+fn trained_models_restore_at_true_resolution_and_repeat() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("sprites");
+    write_sprites(&data);
+    for kind in [ModelKind::Fast, ModelKind::Diffusion] {
+        let run = tmp.path().join(format!("{kind:?}"));
+        train(&tiny_run(kind, &data, 1), &run, &mut |_, _| {}).unwrap();
+        let model = LoadedPixelRestorer::load(&run.join("model"), None).unwrap();
+        let sprite = image::open(data.join("dcss_mon_00.png")).unwrap().to_rgba8();
+        // 13x13 cells at 3 px: not a multiple of the networks' size step, so padding is used.
+        let crop = imageops::crop_imm(&sprite, 0, 0, 13, 13).to_image();
+        let big = imageops::resize(&crop, 39, 39, imageops::FilterType::Nearest);
+        let a = model.restore(&big, &Default::default()).unwrap();
+        let b = model.restore(&big, &Default::default()).unwrap();
+        assert_eq!(a.image.dimensions(), (13, 13), "{kind:?}");
+        assert_eq!(a.image, b.image, "{kind:?}: same seed, same result");
+        assert!(a.image.pixels().all(|p| p[3] == 0 || p[3] == 255), "alpha is binarised");
+    }
+}
+
