@@ -10,8 +10,11 @@
 //!   EncoderUNetModelWT), one feature map per resolution.
 //! - [`vae`]: AutoencoderKL and its CFW variant (AutoencoderKLResi with Decoder_Mix).
 //! - [`text`]: the OpenCLIP ViT-H text tower (`cond_stage_model`), for the empty prompt.
+//! - [`pipeline`]: restoration end to end (loading, rectification, encoding, tiled
+//!   sampling, CFW decoding, the decoder's palette and alpha stage).
 
 pub mod layers;
+pub mod pipeline;
 pub mod struct_encoder;
 pub mod text;
 pub mod unet;
