@@ -10,7 +10,9 @@ use spritedx::decoder::{AlphaMode, DecodeOptions, PaletteChoice};
 use spritedx::grid::GridOptions;
 use spritedx::io::{load_rgba_with, save_png_atomic, ReadLimits, DEFAULT_MAX_PIXELS};
 use spritedx::palette::{AutoPaletteOptions, Palette};
-use spritedx::pixel_restorer::{default_model_dir, LoadedPixelRestorer, ModelKind};
+use spritedx::pixel_restorer::{default_model_dir, LoadedPixelRestorer, ModelKind, PixelRestorerConfig};
+use spritedx::stablesr::pipeline::{parse_device, parse_method, ColourFix, StableSr, StableSrOptions};
+use spritedx::weights::{HubOptions, WeightSource};
 use spritedx::snap::{restore, SnapOptions};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -24,14 +26,34 @@ pub struct RestoreArgs {
     /// Output: a .png file for a single input, otherwise a folder (created if missing).
     #[arg(short, long)]
     output: PathBuf,
-    /// Restorer to use: snap (grid analysis + decoder), fast (one-pass learned model) or
-    /// diffusion (learned diffusion model).
-    #[arg(long, default_value = "snap", value_parser = ["snap", "fast", "diffusion"])]
+    /// Restorer to use: snap (grid analysis + decoder), fast (one-pass learned model),
+    /// diffusion (learned diffusion model; with --weights naming StableSR checkpoints, the
+    /// StableSR port) or stablesr (the StableSR port, default weights hf://Iceclear/StableSR).
+    #[arg(long, default_value = "snap", value_parser = ["snap", "fast", "diffusion", "stablesr"])]
     model: String,
-    /// Model folder of a learned restorer (config.json + model.safetensors), e.g. a
-    /// training run's `model/`; default: the shipped one in checkpoints/.
+    /// Weights of a learned restorer: one of our model folders (config.json +
+    /// model.safetensors, e.g. a training run's `model/`; default: the shipped one in
+    /// checkpoints/), or for StableSR a folder with both checkpoints, a folder in our
+    /// StableSR layout, or hf://OWNER/REPO[@REV] (HF_HOME, HF_HUB_OFFLINE and HF_TOKEN apply).
     #[arg(long, value_name = "SOURCE")]
     weights: Option<String>,
+    /// Device for StableSR: cpu, cuda or cuda:N (CUDA needs a build with --features cuda).
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// StableSR sampler: ddpm (as StableSR), ddim or dpm++2m.
+    #[arg(long, default_value = "ddpm", value_parser = ["ddpm", "ddim", "dpm++2m"])]
+    sampler: String,
+    /// StableSR's CFW fidelity weight w in [0, 1]: higher keeps closer to the input.
+    #[arg(long, default_value_t = 0.5)]
+    fidelity: f64,
+    /// StableSR colour fix: none, adain or wavelet.
+    #[arg(long, default_value = "none", value_parser = ["none", "adain", "wavelet"])]
+    colour_fix: String,
+    /// StableSR latent tile size and overlap (large inputs are sampled in blended tiles).
+    #[arg(long)]
+    tile_size: Option<usize>,
+    #[arg(long)]
+    tile_overlap: Option<usize>,
     /// Tensors from a fine-tuning run (`spritedx train --train adapter`) that replace the
     /// model's own.
     #[arg(long, value_name = "FILE.safetensors")]
@@ -121,19 +143,27 @@ struct ReportEntry {
 enum Engine {
     Snap,
     Pixel(LoadedPixelRestorer),
+    StableSr(Box<StableSr>, Box<StableSrOptions>),
+}
+
+/// Whether `weights` is one of our pixel-restorer folders (its config.json says so).
+fn is_pixel_restorer_folder(weights: &str) -> bool {
+    let config = std::path::Path::new(weights).join("config.json");
+    std::fs::read(config).ok().and_then(|b| serde_json::from_slice::<PixelRestorerConfig>(&b).ok()).is_some()
 }
 
 impl Engine {
-    fn new(args: &RestoreArgs) -> Result<Self> {
+    fn new(args: &RestoreArgs, opts: &SnapOptions) -> Result<Self> {
         let kind = match args.model.as_str() {
             "snap" => {
                 if args.weights.is_some() || args.adapter.is_some() {
-                    bail!("--weights and --adapter are for the learned models (--model fast or diffusion)");
+                    bail!("--weights and --adapter are for the learned models (--model fast, diffusion or stablesr)");
                 }
                 return Ok(Engine::Snap);
             }
             "fast" => ModelKind::Fast,
-            _ => ModelKind::Diffusion,
+            "diffusion" if args.weights.as_deref().is_none_or(is_pixel_restorer_folder) => ModelKind::Diffusion,
+            _ => return Self::stablesr(args, opts),
         };
         let dir = args.weights.as_ref().map(PathBuf::from).unwrap_or_else(|| default_model_dir(kind));
         let mut model = LoadedPixelRestorer::load(&dir, args.adapter.as_deref())?;
@@ -147,17 +177,48 @@ impl Engine {
         Ok(Engine::Pixel(model))
     }
 
+    fn stablesr(args: &RestoreArgs, opts: &SnapOptions) -> Result<Self> {
+        if args.adapter.is_some() {
+            bail!("--adapter is for our own models; StableSR takes its weights whole with --weights");
+        }
+        let device = parse_device(&args.device)?;
+        let source = WeightSource::parse(args.weights.as_deref().unwrap_or("hf://Iceclear/StableSR"))?;
+        let model = StableSr::load(&source, &HubOptions::from_env()?, &device).context("loading the StableSR model")?;
+        let mut sr = StableSrOptions::for_model(model.config());
+        sr.grid = opts.grid.clone();
+        sr.decode = opts.decode.clone();
+        if let Some(steps) = args.steps {
+            if steps == 0 {
+                bail!("--steps needs at least 1");
+            }
+            sr.sampling.steps = steps;
+        }
+        sr.sampling.method = parse_method(&args.sampler)?;
+        sr.sampling.seed = args.seed;
+        if !(0.0..=1.0).contains(&args.fidelity) {
+            bail!("--fidelity must be between 0 and 1");
+        }
+        sr.fidelity = args.fidelity;
+        sr.colour_fix = ColourFix::parse(&args.colour_fix)?;
+        if let Some(tiles) = sr.sampling.tiles.as_mut() {
+            tiles.size = args.tile_size.unwrap_or(tiles.size);
+            tiles.overlap = args.tile_overlap.unwrap_or(tiles.overlap);
+        }
+        Ok(Engine::StableSr(Box::new(model), Box::new(sr)))
+    }
+
     fn restore(&self, img: &image::RgbaImage, opts: &SnapOptions) -> Result<spritedx::snap::Restored> {
         match self {
             Engine::Snap => Ok(restore(img, opts)?),
             Engine::Pixel(m) => m.restore(img, opts),
+            Engine::StableSr(m, sr) => m.restore(img, sr),
         }
     }
 }
 
 pub fn run(args: RestoreArgs) -> Result<ExitCode> {
     let opts = snap_options(&args)?;
-    let engine = Engine::new(&args)?;
+    let engine = Engine::new(&args, &opts)?;
     let inputs = expand_inputs(&args.inputs)?;
     let outputs = plan_outputs(&inputs, &args.output);
     if let Some(0) = args.preview {
