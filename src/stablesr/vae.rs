@@ -203,8 +203,15 @@ struct ResnetBlock {
 
 impl ResnetBlock {
     fn new(c_in: usize, c_out: usize, vb: VarBuilder) -> Result<Self> {
+        Self::with_shortcut(c_in, c_out, vb, "nin_shortcut")
+    }
+
+    /// The block with its 1x1 shortcut (used when the width changes) under `shortcut`:
+    /// ldm's `ResBlock` of the CFW fusion layers is this block with the shortcut named
+    /// `conv_out`.
+    fn with_shortcut(c_in: usize, c_out: usize, vb: VarBuilder, shortcut: &str) -> Result<Self> {
         let nin_shortcut = if c_in != c_out {
-            Some(conv1x1(c_in, c_out, vb.pp("nin_shortcut"))?)
+            Some(conv1x1(c_in, c_out, vb.pp(shortcut))?)
         } else {
             None
         };
@@ -454,42 +461,6 @@ impl Encoder {
     }
 }
 
-/// ldm's `ResBlock` of the fusion layers (not the ResnetBlock): norm-swish-conv twice,
-/// plus a 1x1 `conv_out` on the input when the width changes.
-#[derive(Debug, Clone)]
-struct FuseResBlock {
-    norm1: GroupNorm,
-    conv1: Conv2d,
-    norm2: GroupNorm,
-    conv2: Conv2d,
-    conv_out: Option<Conv2d>,
-}
-
-impl FuseResBlock {
-    fn new(c_in: usize, c_out: usize, vb: VarBuilder) -> Result<Self> {
-        let conv_out = if c_in != c_out {
-            Some(conv1x1(c_in, c_out, vb.pp("conv_out"))?)
-        } else {
-            None
-        };
-        Ok(Self {
-            norm1: normalize(c_in, vb.pp("norm1"))?,
-            conv1: conv3x3(c_in, c_out, vb.pp("conv1"))?,
-            norm2: normalize(c_out, vb.pp("norm2"))?,
-            conv2: conv3x3(c_out, c_out, vb.pp("conv2"))?,
-            conv_out,
-        })
-    }
-
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let h = self.conv1.forward(&norm_swish(&self.norm1, x)?)?;
-        let h = self.conv2.forward(&norm_swish(&self.norm2, &h)?)?;
-        match &self.conv_out {
-            Some(project) => h + project.forward(x)?,
-            None => h + x,
-        }
-    }
-}
 
 /// basicsr's `ResidualDenseBlock`: five 3x3 convolutions, each seeing the input and all
 /// earlier outputs; the last one's output, scaled by 0.2, is added to the input.
@@ -554,9 +525,9 @@ impl Rrdb {
 /// weight `w`.
 #[derive(Debug, Clone)]
 struct FusionLayer {
-    encode_enc_1: FuseResBlock,
+    encode_enc_1: ResnetBlock,
     encode_enc_2: Vec<Rrdb>,
-    encode_enc_3: FuseResBlock,
+    encode_enc_3: ResnetBlock,
 }
 
 impl FusionLayer {
@@ -565,9 +536,9 @@ impl FusionLayer {
             .map(|i| Rrdb::new(channels, cfg.num_grow_ch, vb.pp("encode_enc_2").pp(i)))
             .collect::<Result<_>>()?;
         Ok(Self {
-            encode_enc_1: FuseResBlock::new(2 * channels, channels, vb.pp("encode_enc_1"))?,
+            encode_enc_1: ResnetBlock::with_shortcut(2 * channels, channels, vb.pp("encode_enc_1"), "conv_out")?,
             encode_enc_2,
-            encode_enc_3: FuseResBlock::new(channels, channels, vb.pp("encode_enc_3"))?,
+            encode_enc_3: ResnetBlock::with_shortcut(channels, channels, vb.pp("encode_enc_3"), "conv_out")?,
         })
     }
 
