@@ -26,10 +26,11 @@ pub trait Restorer: Send + Sync {
 pub const RESTORER_NAMES: &[&str] = &["snap", "fast", "diffusion", "nearest-downscale"];
 
 /// Builds a restorer from its `--model` name: `fast` and `diffusion` load the shipped
-/// models ([`default_model_dir`]).
-pub fn restorer_by_name(name: &str) -> Result<Box<dyn Restorer>> {
+/// models ([`default_model_dir`]); `adapter` (tensors of a fine-tuning run) applies to the
+/// learned ones.
+pub fn restorer_by_name(name: &str, adapter: Option<&std::path::Path>) -> Result<Box<dyn Restorer>> {
     let learned = |label: &str, dir: &std::path::Path| -> Result<Box<dyn Restorer>> {
-        Ok(Box::new(Learned { name: label.to_string(), model: LoadedPixelRestorer::load(dir, None)?, options: SnapOptions::default() }))
+        Ok(Box::new(Learned { name: label.to_string(), model: LoadedPixelRestorer::load(dir, adapter)?, options: SnapOptions::default() }))
     };
     match name {
         "snap" => Ok(Box::new(Snap(SnapOptions::default()))),
