@@ -63,7 +63,10 @@ impl AdamW {
         let bias2 = 1.0 - c.beta2.powi(t);
         for (i, (_, var)) in self.vars.iter().enumerate() {
             let Some(g) = grads.get(var.as_tensor()) else { continue };
-            let g = if scale != 1.0 { (g * scale)? } else { g.clone() };
+            // Detached, so the moments (and through them every past step's graph) are not
+            // kept alive by the op history a gradient carries.
+            let g = g.detach();
+            let g = if scale != 1.0 { (g * scale)? } else { g };
             let m = ((&self.first[i] * c.beta1)? + (&g * (1.0 - c.beta1))?)?;
             let v = ((&self.second[i] * c.beta2)? + (g.sqr()? * (1.0 - c.beta2))?)?;
             let update = ((&m / bias1)? / ((&v / bias2)?.sqrt()? + c.eps)?)?;
@@ -112,13 +115,15 @@ pub struct Ema {
 impl Ema {
     /// Starts at the variables' current values.
     pub fn new(vars: &[(String, Var)], decay: f64) -> Result<Self> {
-        let shadow = vars.iter().map(|(n, v)| Ok((n.clone(), v.as_tensor().copy()?))).collect::<Result<Vec<_>>>()?;
+        let shadow = vars.iter().map(|(n, v)| Ok((n.clone(), v.as_tensor().detach().copy()?))).collect::<Result<Vec<_>>>()?;
         Ok(Self { decay, shadow })
     }
 
     pub fn update(&mut self, vars: &[(String, Var)]) -> Result<()> {
         for ((_, s), (_, v)) in self.shadow.iter_mut().zip(vars) {
-            *s = ((&*s * self.decay)? + (v.as_tensor() * (1.0 - self.decay))?)?;
+            // The variable is detached so the average does not record ops on it: it would
+            // chain every past average into a graph that is never freed.
+            *s = ((&*s * self.decay)? + (v.as_tensor().detach() * (1.0 - self.decay))?)?;
         }
         Ok(())
     }
@@ -182,6 +187,24 @@ mod tests {
             opt_c.step(&loss_of(&c).backward().unwrap()).unwrap();
         }
         assert_eq!(a.as_tensor().to_vec1::<f32>().unwrap(), c.as_tensor().to_vec1::<f32>().unwrap());
+    }
+
+    /// The optimizer state and the average must not hold on to the graph: after a step,
+    /// none of them records an op (a recorded op keeps every earlier step alive).
+    #[test]
+    fn state_and_average_carry_no_graph() {
+        let var = Var::from_tensor(&Tensor::new(&[1.0f32, 2.0], &Device::Cpu).unwrap()).unwrap();
+        let vars = vec![("w".to_string(), var.clone())];
+        let mut opt = AdamW::new(vars.clone(), AdamWConfig::default()).unwrap();
+        let mut ema = Ema::new(&vars, 0.9).unwrap();
+        for _ in 0..2 {
+            let loss = var.as_tensor().sqr().unwrap().sum_all().unwrap();
+            opt.step(&loss.backward().unwrap()).unwrap();
+            ema.update(&vars).unwrap();
+        }
+        for t in opt.state().values().chain(ema.shadow.iter().map(|(_, t)| t)) {
+            assert!(!t.track_op(), "a state tensor records an op");
+        }
     }
 
     #[test]
