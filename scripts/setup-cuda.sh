@@ -14,9 +14,9 @@
 #
 # On a machine with a real CUDA 13.0 toolkit and driver, this script is not needed: point
 # CUDA_HOME at the toolkit instead. The stub libcuda.so.1 is for linking only; on a GPU
-# machine the driver's own libcuda.so.1 must come first on the library path (the script
-# puts the stub in a directory of its own, `stubs/`, which it adds to LIBRARY_PATH for the
-# linker but not to LD_LIBRARY_PATH unless there is no driver on the machine).
+# machine the driver's own libcuda.so.1 must be the one loaded (the script puts the stub
+# in a directory of its own, `stubs/`, which it adds to LIBRARY_PATH for the linker, and to
+# LD_LIBRARY_PATH only where it finds no driver; CUDA_STUB_DRIVER=1 or 0 forces the choice).
 set -euo pipefail
 
 repo="$(cd "$(dirname "$0")/.." && pwd)"
@@ -88,10 +88,29 @@ fi
 
 touch "$stamp"
 
-# Use the machine's driver at run time when it has one; the stub otherwise.
-run_paths="$cuda_home/lib"
-if ! ldconfig -p 2>/dev/null | grep -q 'libcuda\.so\.1 '; then
-    run_paths="$run_paths:$stubs"
+# At run time the machine's driver must win over the stub: the stub goes on the library
+# path only where no driver is found (CUDA_STUB_DRIVER=0 or 1 overrides), and after any
+# directories already there.
+has_driver() {
+    command -v nvidia-smi >/dev/null 2>&1 && return 0
+    local ldconfig
+    for ldconfig in ldconfig /sbin/ldconfig /usr/sbin/ldconfig; do
+        "$ldconfig" -p 2>/dev/null | grep -q 'libcuda\.so\.1 ' && return 0
+    done
+    local lib
+    for lib in /usr/lib/x86_64-linux-gnu /usr/lib64 /usr/local/nvidia/lib64 /usr/lib/wsl/lib; do
+        [[ -e "$lib/libcuda.so.1" ]] && return 0
+    done
+    return 1
+}
+use_stub="${CUDA_STUB_DRIVER:-}"
+if [[ -z "$use_stub" ]]; then
+    if has_driver; then use_stub=0; else use_stub=1; fi
+fi
+run_tail=""
+if [[ "$use_stub" == 1 ]]; then
+    log "no CUDA driver found: programs will load the stub and report that there is no device"
+    run_tail=":$stubs"
 fi
 
 cat <<EOF
@@ -100,6 +119,6 @@ export CUDA_ROOT="$cuda_home"
 export CUDA_PATH="$cuda_home"
 export PATH="$cuda_home/bin:\$PATH"
 export LIBRARY_PATH="$cuda_home/lib:$stubs\${LIBRARY_PATH:+:\$LIBRARY_PATH}"
-export LD_LIBRARY_PATH="$run_paths\${LD_LIBRARY_PATH:+:\$LD_LIBRARY_PATH}"
+export LD_LIBRARY_PATH="$cuda_home/lib\${LD_LIBRARY_PATH:+:\$LD_LIBRARY_PATH}$run_tail"
 export CUDA_COMPUTE_CAP="\${CUDA_COMPUTE_CAP:-80}"
 EOF
