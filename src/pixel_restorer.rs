@@ -73,6 +73,12 @@ pub struct PixelRestorerConfig {
     pub schedule: String,
     #[serde(default)]
     pub sampling: SamplingConfig,
+    /// Cells whose input interior varies less than this (OKLab distance, the decoder's
+    /// `spread`) keep the decoder's own robust colour and alpha instead of the model's:
+    /// where the input shows no degradation, there is nothing for the model to undo, and
+    /// its small regression errors would only move exact colours. 0 disables it.
+    #[serde(default)]
+    pub trust_flat_cells_below: f32,
 }
 
 fn default_head_channels() -> usize {
@@ -126,6 +132,7 @@ impl PixelRestorerConfig {
             prediction: default_prediction(),
             schedule: default_schedule(),
             sampling: SamplingConfig::default(),
+            trust_flat_cells_below: 0.0,
         }
     }
 
@@ -339,12 +346,18 @@ pub fn encoder_input(image: &RgbaImage, grid_opts: &GridOptions, factor: u32, mu
 /// cropped to the grid's cells becomes the cells' colour and alpha; the cells' spread
 /// (how noisy the input was) comes from the input, so near-duplicate colours merge as
 /// they do for the snap restorer.
-pub fn decode_prediction(pred: &Tensor, image: &RgbaImage, grid: &Grid, opts: &DecodeOptions) -> anyhow::Result<Decoded> {
+/// Cells whose input spread is below `trust_flat_below` keep the decoder's own colour and
+/// alpha (see [`PixelRestorerConfig::trust_flat_cells_below`]; 0 uses the prediction
+/// everywhere).
+pub fn decode_prediction(pred: &Tensor, image: &RgbaImage, grid: &Grid, opts: &DecodeOptions, trust_flat_below: f32) -> anyhow::Result<Decoded> {
     let (cols, rows) = (grid.cols() as usize, grid.rows() as usize);
     let cropped = pred.narrow(D::Minus2, 0, rows)?.narrow(D::Minus1, 0, cols)?;
     let predicted = crate::rectify::tensor_to_image(&cropped)?;
     let mut cells = reduce_cells(image, grid);
     for (i, p) in predicted.pixels().enumerate() {
+        if cells.spread[i] < trust_flat_below {
+            continue;
+        }
         cells.colour[i] = crate::colour::srgb8_to_oklab([p[0], p[1], p[2]]);
         cells.alpha[i] = f32::from(p[3]);
     }
@@ -417,7 +430,7 @@ impl LoadedPixelRestorer {
     pub fn restore(&self, image: &RgbaImage, opts: &crate::snap::SnapOptions) -> anyhow::Result<crate::snap::Restored> {
         let (grid, input) = encoder_input(image, &opts.grid, self.config.factor, self.config.size_multiple(), &Device::Cpu)?;
         let pred = self.model.predict(&input, &[self.seed])?;
-        let decoded = decode_prediction(&pred, image, &grid, &opts.decode)?;
+        let decoded = decode_prediction(&pred, image, &grid, &opts.decode, self.config.trust_flat_cells_below)?;
         Ok(crate::snap::Restored { image: decoded.image, grid, palette: decoded.palette })
     }
 }

@@ -736,7 +736,7 @@ impl StableSr {
         let art_alpha = ((&prepared.alpha * 2.0)? - 1.0)?;
         let prediction = Tensor::cat(&[&art_rgb, &art_alpha.to_dtype(art_rgb.dtype())?], 1)?
             .to_dtype(DType::F32)?;
-        let decoded = decode_prediction(&prediction, image, &prepared.grid, &opts.decode)?;
+        let decoded = decode_prediction(&prediction, image, &prepared.grid, &opts.decode, 0.0)?;
         Ok(Restored {
             image: decoded.image,
             grid: prepared.grid.clone(),

@@ -185,7 +185,7 @@ fn validation_pairs(cfg: &TrainConfig) -> Result<Vec<ValPair>> {
 pub fn restore_with(model: &PixelRestorer, cfg: &PixelRestorerConfig, image: &RgbaImage, seed: u64, decode: &crate::decoder::DecodeOptions) -> Result<crate::decoder::Decoded> {
     let (grid, input) = crate::pixel_restorer::encoder_input(image, &Default::default(), cfg.factor, cfg.size_multiple(), &Device::Cpu)?;
     let pred = model.predict(&input, &[seed])?;
-    crate::pixel_restorer::decode_prediction(&pred, image, &grid, decode)
+    crate::pixel_restorer::decode_prediction(&pred, image, &grid, decode, cfg.trust_flat_cells_below)
 }
 
 #[derive(Serialize)]
