@@ -86,6 +86,7 @@
 //! ```
 
 pub mod denoiser;
+mod fused;
 pub mod sampler;
 pub mod schedule;
 pub mod steps;

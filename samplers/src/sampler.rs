@@ -6,6 +6,7 @@ use rand_chacha::ChaCha8Rng;
 use rand_distr::StandardNormal;
 
 use crate::denoiser::Denoiser;
+use crate::fused;
 use crate::schedule::{space_timesteps_sections, Schedule};
 use crate::steps::{
     ddim_step, ddpm_step, dpmpp_2m_step, q_sample, DdimCoefficients, DdpmCoefficients,
@@ -154,12 +155,37 @@ impl Sampler {
     /// `denoiser` once per step. `seeds` holds one seed per batch element (see
     /// [`NoiseSource`]); all noise (the start and every stochastic step) comes from them,
     /// so equal seeds give bit-identical results. `progress` is called after each step.
+    ///
+    /// When the samples are f32 on a CUDA device, the img2img start and the DDIM and
+    /// DPM-Solver++ updates run as spritedx-kernels' fused ops (one kernel per step, the
+    /// coefficients in tables built once per run); otherwise, and for DDPM (whose update
+    /// has no fused kernel), as the composed tensor steps of [`crate::steps`], which are
+    /// the reference: both paths do the same f32 operations in the same order.
     pub fn sample<D: Denoiser + ?Sized>(
         &self,
         denoiser: &mut D,
         start: Start<'_>,
         seeds: &[u64],
+        progress: Option<&mut dyn FnMut(Progress<'_>)>,
+    ) -> Result<Tensor> {
+        let (dtype, device) = match start {
+            Start::Noise { dtype, device, .. } => (dtype, device),
+            Start::Latent { latent, .. } => (latent.dtype(), latent.device()),
+        };
+        let fused = device.is_cuda() && dtype == DType::F32;
+        self.sample_on_path(denoiser, start, seeds, progress, fused)
+    }
+
+    /// [`Sampler::sample`] with the update path chosen by the caller: `fused` takes the
+    /// kernels' fused ops on any device (f32 only), which lets the CPU tests compare the
+    /// CUDA path's logic (tables, row indices, noise draws) with the composed one.
+    pub(crate) fn sample_on_path<D: Denoiser + ?Sized>(
+        &self,
+        denoiser: &mut D,
+        start: Start<'_>,
+        seeds: &[u64],
         mut progress: Option<&mut dyn FnMut(Progress<'_>)>,
+        fused: bool,
     ) -> Result<Tensor> {
         let sched = &self.schedule;
         let mut noise = NoiseSource::new(seeds);
@@ -175,13 +201,25 @@ impl Sampler {
             Start::Latent { latent, strength } => {
                 let top = sched.start_index(strength)?;
                 let b = latent.dim(0)?;
-                let level = NoiseLevel::at(sched, &vec![top; b], latent.dtype(), latent.device())?;
                 let z = noise.sample(latent.shape(), latent.dtype(), latent.device())?;
-                (q_sample(latent, &z, &level)?, top)
+                let x = if fused {
+                    fused::q_sample(latent, &z, sched, top)?
+                } else {
+                    let level =
+                        NoiseLevel::at(sched, &vec![top; b], latent.dtype(), latent.device())?;
+                    q_sample(latent, &z, &level)?
+                };
+                (x, top)
             }
         };
         let (b, dtype, device) = (x.dim(0)?, x.dtype(), x.device().clone());
         let prediction = denoiser.prediction();
+        // The fused path's coefficient tables, built once for the whole run.
+        let table = match (fused, self.method) {
+            (true, Method::Ddim { eta }) => Some(fused::ddim_table(sched, eta, &device)?),
+            (true, Method::DpmSolverPP2M { .. }) => Some(fused::dpm_table(sched, &device)?),
+            _ => None,
+        };
         let mut prev_x0: Option<Tensor> = None;
         for (done, i) in (0..=top).rev().enumerate() {
             let indices = vec![i; b];
@@ -196,9 +234,9 @@ impl Sampler {
                     x.dims()
                 );
             }
-            let level = NoiseLevel::at(sched, &indices, dtype, &device)?;
             x = match self.method {
                 Method::Ddpm => {
+                    let level = NoiseLevel::at(sched, &indices, dtype, &device)?;
                     let coefs = DdpmCoefficients::new(sched, &indices, dtype, &device)?;
                     let z = if i > 0 {
                         Some(noise.sample(x.shape(), dtype, &device)?)
@@ -208,25 +246,49 @@ impl Sampler {
                     ddpm_step(&x, &out, prediction, &level, &coefs, z.as_ref())?
                 }
                 Method::Ddim { eta } => {
-                    let coefs = DdimCoefficients::new(sched, &indices, eta, dtype, &device)?;
                     let z = if eta > 0.0 && i > 0 {
                         Some(noise.sample(x.shape(), dtype, &device)?)
                     } else {
                         None
                     };
-                    ddim_step(&x, &out, prediction, &level, &coefs, z.as_ref())?
+                    if let Some(table) = &table {
+                        spritedx_kernels::sampler::ddim_step(
+                            &x,
+                            &out,
+                            fused::kernel_prediction(prediction),
+                            table,
+                            &fused::rows(i, b, &device)?,
+                            z.as_ref(),
+                        )?
+                    } else {
+                        let level = NoiseLevel::at(sched, &indices, dtype, &device)?;
+                        let coefs = DdimCoefficients::new(sched, &indices, eta, dtype, &device)?;
+                        ddim_step(&x, &out, prediction, &level, &coefs, z.as_ref())?
+                    }
                 }
                 Method::DpmSolverPP2M { lower_order_final } => {
                     let second = prev_x0.is_some() && i > 0 && !(lower_order_final && i == 1);
-                    let coefs = DpmSolverCoefficients::new(
-                        sched,
-                        &indices,
-                        &vec![second; b],
-                        dtype,
-                        &device,
-                    )?;
                     let prev = if second { prev_x0.as_ref() } else { None };
-                    let (next, x0) = dpmpp_2m_step(&x, &out, prediction, &level, prev, &coefs)?;
+                    let (next, x0) = if let Some(table) = &table {
+                        spritedx_kernels::sampler::dpmpp_2m_step(
+                            &x,
+                            &out,
+                            fused::kernel_prediction(prediction),
+                            table,
+                            &fused::rows(fused::dpm_row(i, second, sched.len()), b, &device)?,
+                            prev,
+                        )?
+                    } else {
+                        let level = NoiseLevel::at(sched, &indices, dtype, &device)?;
+                        let coefs = DpmSolverCoefficients::new(
+                            sched,
+                            &indices,
+                            &vec![second; b],
+                            dtype,
+                            &device,
+                        )?;
+                        dpmpp_2m_step(&x, &out, prediction, &level, prev, &coefs)?
+                    };
                     prev_x0 = Some(x0);
                     next
                 }
@@ -241,5 +303,81 @@ impl Sampler {
             }
         }
         Ok(x)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::denoiser::FnDenoiser;
+    use crate::steps::Prediction;
+
+    /// A smooth, nonlinear stand-in for a network that depends on both `x_t` and `t`.
+    fn network(x: &Tensor, t: &Tensor) -> Result<Tensor> {
+        let b = x.dim(0)?;
+        let shift = t
+            .to_dtype(DType::F32)?
+            .affine(1e-3, 0.0)?
+            .reshape((b, 1, 1, 1))?;
+        x.affine(0.8, 0.1)?.sin()?.broadcast_add(&shift)
+    }
+
+    /// The fused path, forced on the CPU (where the fused ops run the kernels' Rust
+    /// reference), gives the composed path's samples for every method, prediction and
+    /// start. Tolerance 0: every step does the same f32 operations in the same order, on
+    /// the same coefficients and noise draws.
+    #[test]
+    fn fused_path_samples_equal_composed_path_samples() -> Result<()> {
+        let training = Schedule::ldm_linear()?;
+        let methods = [
+            Method::Ddpm,
+            Method::Ddim { eta: 0.0 },
+            Method::Ddim { eta: 1.0 },
+            Method::DpmSolverPP2M {
+                lower_order_final: false,
+            },
+            Method::DpmSolverPP2M {
+                lower_order_final: true,
+            },
+        ];
+        let shape = [2usize, 3, 5, 4];
+        let latent = Tensor::arange(0f32, 120.0, &Device::Cpu)?
+            .affine(0.05, -3.0)?
+            .cos()?
+            .reshape(&shape[..])?;
+        let seeds = [7u64, 8];
+        let mut cases = 0;
+        for method in methods {
+            let sampler = Sampler::new(&training, 10, method)?;
+            for prediction in [Prediction::Eps, Prediction::V] {
+                let starts = [
+                    Start::Noise {
+                        shape: &shape,
+                        dtype: DType::F32,
+                        device: &Device::Cpu,
+                    },
+                    Start::Latent {
+                        latent: &latent,
+                        strength: 0.6,
+                    },
+                ];
+                for start in starts {
+                    let run = |fused: bool| {
+                        let mut denoiser = FnDenoiser::new(prediction, network);
+                        sampler.sample_on_path(&mut denoiser, start, &seeds, None, fused)
+                    };
+                    let (composed, fused) = (run(false)?, run(true)?);
+                    let diff = composed.sub(&fused)?.abs()?.max_all()?.to_scalar::<f32>()?;
+                    assert!(
+                        composed.abs()?.max_all()?.to_scalar::<f32>()? > 0.0,
+                        "{method:?}: samples must be nonzero to compare anything"
+                    );
+                    assert_eq!(diff, 0.0, "{method:?} {prediction:?} {start:?}");
+                    cases += 1;
+                }
+            }
+        }
+        assert_eq!(cases, 20);
+        Ok(())
     }
 }

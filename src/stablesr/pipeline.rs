@@ -46,7 +46,8 @@ use super::struct_encoder::{StructEncoder, StructEncoderConfig};
 use super::text::{empty_prompt_tokens, tokens_tensor, OpenClipText, TextConfig};
 use super::unet::{UNet, UNetConfig};
 use super::vae::{AutoencoderKL, AutoencoderKLResi, DiagonalGaussian, VaeConfig};
-use crate::decoder::DecodeOptions;
+use crate::colour::Oklab;
+use crate::decoder::{reduce_cells, CellColours, DecodeOptions};
 use crate::grid::{analyse, GridOptions};
 use crate::nn::shapes::{ShapeMap, ShapeRecorder};
 use crate::pixel_restorer::decode_prediction;
@@ -730,10 +731,21 @@ impl StableSr {
     ) -> anyhow::Result<Restored> {
         let decoded = self.decode(sampled, &prepared.rgb, opts.fidelity)?;
         let decoded = opts.colour_fix.apply(&decoded, &prepared.rgb)?;
+        let art_alpha = ((&prepared.alpha * 2.0)? - 1.0)?;
+        if decoded.device().is_cuda() {
+            // On a GPU the full-size decoded image stays there: the kernels reduce its
+            // cells and only the per-cell results come back.
+            let cells = self.cells_on_device(image, prepared, &decoded, &art_alpha)?;
+            let decoded = crate::decoder::decode(&cells, &opts.decode);
+            return Ok(Restored {
+                image: decoded.image,
+                grid: prepared.grid.clone(),
+                palette: decoded.palette,
+            });
+        }
         let art_rgb = decoded
             .avg_pool2d(self.config.latent_factor())?
             .clamp(-1.0, 1.0)?;
-        let art_alpha = ((&prepared.alpha * 2.0)? - 1.0)?;
         let prediction = Tensor::cat(&[&art_rgb, &art_alpha.to_dtype(art_rgb.dtype())?], 1)?
             .to_dtype(DType::F32)?;
         let decoded = decode_prediction(&prediction, image, &prepared.grid, &opts.decode, 0.0)?;
@@ -742,6 +754,52 @@ impl StableSr {
             grid: prepared.grid.clone(),
             palette: decoded.palette,
         })
+    }
+
+    /// The decoder's cells from the decoded image (1, 3, H f, W f) on a CUDA device:
+    /// spritedx-kernels' `reduce_cells` takes each `f` x `f` block's robust colour (the
+    /// weighted OKLab medians of its interior, where the CPU path averages the block) of
+    /// the image with the carried per-cell alpha `art_alpha` (1, 1, H, W) in [-1, 1], so
+    /// the alpha is that of the CPU path. The spread stays that of the original image's
+    /// cells, as in `decode_prediction`: it measures the input's texture, not the
+    /// network's.
+    fn cells_on_device(
+        &self,
+        image: &RgbaImage,
+        prepared: &PreparedInput,
+        decoded: &Tensor,
+        art_alpha: &Tensor,
+    ) -> anyhow::Result<CellColours> {
+        let f = self.config.latent_factor();
+        let grid = &prepared.grid;
+        let (cols, rows) = (grid.cols() as usize, grid.rows() as usize);
+        // Crop the padding away: the cells of the grid, at full resolution.
+        let rgb = decoded
+            .narrow(2, 0, rows * f)?
+            .narrow(3, 0, cols * f)?
+            .clamp(-1.0, 1.0)?
+            .to_dtype(DType::F32)?;
+        let alpha = art_alpha
+            .narrow(2, 0, rows)?
+            .narrow(3, 0, cols)?
+            .to_dtype(DType::F32)?
+            .upsample_nearest2d(rows * f, cols * f)?;
+        let rgba = Tensor::cat(&[&rgb, &alpha], 1)?;
+        let reduced = spritedx_kernels::decoder::reduce_cells(&rgba, f)
+            .context("reducing the decoded image's cells on the device")?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
+        let mut cells = reduce_cells(image, grid);
+        // Each cell's row is [L, a, b, alpha (0-255), spread].
+        for (i, cell) in reduced.chunks_exact(5).enumerate() {
+            cells.colour[i] = Oklab {
+                l: cell[0],
+                a: cell[1],
+                b: cell[2],
+            };
+            cells.alpha[i] = cell[3];
+        }
+        Ok(cells)
     }
 }
 
