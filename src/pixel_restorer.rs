@@ -428,9 +428,21 @@ impl LoadedPixelRestorer {
     /// Restores one image: grid analysis (with the options' overrides), the model, then
     /// the decoder's palette and alpha stage with the options' settings.
     pub fn restore(&self, image: &RgbaImage, opts: &crate::snap::SnapOptions) -> anyhow::Result<crate::snap::Restored> {
-        let (grid, input) = encoder_input(image, &opts.grid, self.config.factor, self.config.size_multiple(), &Device::Cpu)?;
-        let pred = self.model.predict(&input, &[self.seed])?;
-        let decoded = decode_prediction(&pred, image, &grid, &opts.decode, self.config.trust_flat_cells_below)?;
-        Ok(crate::snap::Restored { image: decoded.image, grid, palette: decoded.palette })
+        restore_image(&self.model, &self.config, image, opts, self.seed)
     }
+}
+
+/// Restores one image with a model on the CPU: grid analysis (with the options'
+/// overrides), rectification, the model, then the decoder's palette and alpha stage.
+pub fn restore_image(
+    model: &PixelRestorer,
+    config: &PixelRestorerConfig,
+    image: &RgbaImage,
+    opts: &crate::snap::SnapOptions,
+    seed: u64,
+) -> anyhow::Result<crate::snap::Restored> {
+    let (grid, input) = encoder_input(image, &opts.grid, config.factor, config.size_multiple(), &Device::Cpu)?;
+    let pred = model.predict(&input, &[seed])?;
+    let decoded = decode_prediction(&pred, image, &grid, &opts.decode, config.trust_flat_cells_below)?;
+    Ok(crate::snap::Restored { image: decoded.image, grid, palette: decoded.palette })
 }

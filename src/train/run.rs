@@ -15,7 +15,7 @@
 
 use crate::degrade::{degrade, Preset};
 use crate::metrics::{score, MetricOptions};
-use crate::pixel_restorer::{PixelRestorer, PixelRestorerConfig};
+use crate::pixel_restorer::{restore_image, PixelRestorer, PixelRestorerConfig};
 use crate::train::checkpoint;
 use crate::train::data::{select_sprites, Patch, PairSource, PatchSpec, SpriteSelection};
 use crate::train::losses::LossWeights;
@@ -181,13 +181,6 @@ fn validation_pairs(cfg: &TrainConfig) -> Result<Vec<ValPair>> {
     Ok(pairs)
 }
 
-/// Restores one image with a loaded model (grid, rectify, predict, decode).
-pub fn restore_with(model: &PixelRestorer, cfg: &PixelRestorerConfig, image: &RgbaImage, seed: u64, decode: &crate::decoder::DecodeOptions) -> Result<crate::decoder::Decoded> {
-    let (grid, input) = crate::pixel_restorer::encoder_input(image, &Default::default(), cfg.factor, cfg.size_multiple(), &Device::Cpu)?;
-    let pred = model.predict(&input, &[seed])?;
-    crate::pixel_restorer::decode_prediction(&pred, image, &grid, decode, cfg.trust_flat_cells_below)
-}
-
 #[derive(Serialize)]
 struct ValLine {
     step: u64,
@@ -203,7 +196,7 @@ struct ValLine {
 fn validate(model: &PixelRestorer, cfg: &TrainConfig, pairs: &[ValPair], step: u64) -> Result<Vec<ValLine>> {
     use rayon::prelude::*;
     let metric = MetricOptions::default();
-    let decode = crate::decoder::DecodeOptions::default();
+    let opts = crate::snap::SnapOptions::default();
     let mut lines = Vec::new();
     for &preset in &cfg.validate_presets {
         let subset: Vec<&ValPair> = pairs.iter().filter(|p| p.preset == preset).collect();
@@ -211,7 +204,7 @@ fn validate(model: &PixelRestorer, cfg: &TrainConfig, pairs: &[ValPair], step: u
         let scores: Vec<Option<crate::metrics::Scores>> = subset
             .par_iter()
             .enumerate()
-            .map(|(i, p)| restore_with(model, &cfg.model, &p.degraded, i as u64, &decode).ok().map(|d| score(&d.image, &p.clean, &metric)))
+            .map(|(i, p)| restore_image(model, &cfg.model, &p.degraded, &opts, i as u64).ok().map(|r| score(&r.image, &p.clean, &metric)))
             .collect();
         let n = subset.len().max(1) as f64;
         let ok: Vec<&crate::metrics::Scores> = scores.iter().flatten().collect();
