@@ -101,7 +101,7 @@ impl TrainConfig {
 
 /// Whether a variable belongs to the conditioning adapter.
 pub fn is_adapter_var(name: &str) -> bool {
-    name.starts_with("encoder.") || name.starts_with("head.") || name.contains(".spade.") || name.contains("spade")
+    name.starts_with("encoder.") || name.starts_with("head.") || name.contains("spade")
 }
 
 /// Sets every variable to its initial value, deterministically from `seed`: weights of two
