@@ -370,6 +370,20 @@ pub fn train(cfg: &TrainConfig, out: &Path, on_step: &mut dyn FnMut(u64, f64)) -
     }
     crate::io::write_atomic(&out.join("config.json"), serde_json::to_string_pretty(cfg)?.as_bytes())?;
 
+    // The exported model: EMA weights of what was trained, the rest as loaded (all of it
+    // when everything trains, only the trained tensors for an adapter).
+    let export_tensors = |ema: &Ema| -> HashMap<String, Tensor> {
+        let ema_of: HashMap<&str, &Tensor> = ema.shadow.iter().map(|(n, t)| (n.as_str(), t)).collect();
+        let mut export = HashMap::new();
+        for (name, var) in &vars {
+            match ema_of.get(name.as_str()) {
+                Some(t) => export.insert(name.clone(), (*t).clone()),
+                None if cfg.train == TrainPart::All => export.insert(name.clone(), var.as_tensor().clone()),
+                None => None,
+            };
+        }
+        export
+    };
     let save_all = |step: u64, opt: &AdamW, ema: &Ema| -> Result<()> {
         let mut tensors: HashMap<String, Tensor> = HashMap::new();
         for (name, var) in &vars {
@@ -381,16 +395,7 @@ pub fn train(cfg: &TrainConfig, out: &Path, on_step: &mut dyn FnMut(u64, f64)) -
         tensors.extend(opt.state());
         let meta: HashMap<String, String> = [("step".to_string(), step.to_string()), ("config".to_string(), config_json.clone())].into();
         checkpoint::save(&ckpt_path, &tensors, &meta)?;
-        // The exported model: EMA weights of what was trained, the rest as loaded.
-        let mut export: HashMap<String, Tensor> = HashMap::new();
-        let ema_of: HashMap<&str, &Tensor> = ema.shadow.iter().map(|(n, t)| (n.as_str(), t)).collect();
-        for (name, var) in &vars {
-            match ema_of.get(name.as_str()) {
-                Some(t) => export.insert(name.clone(), (*t).clone()),
-                None if cfg.train == TrainPart::All => export.insert(name.clone(), var.as_tensor().clone()),
-                None => None,
-            };
-        }
+        let export = export_tensors(ema);
         let meta: HashMap<String, String> = [("step".to_string(), step.to_string()), ("train".to_string(), format!("{:?}", cfg.train))].into();
         save_model_dir(&out.join("model"), &cfg.model, &export, &meta)
     };
@@ -452,14 +457,13 @@ pub fn train(cfg: &TrainConfig, out: &Path, on_step: &mut dyn FnMut(u64, f64)) -
             save_all(step, &opt, &ema)?;
         }
         if !val_pairs.is_empty() && (step % cfg.validate_every == 0 || step == cfg.steps) {
-            let export = load_model_dir(&out.join("model")).ok();
-            let eval_model = match (&export, cfg.train) {
-                // The EMA weights just exported (every validation step is a checkpoint step
-                // or the last step when validate_every is a multiple of checkpoint_every).
-                (Some((mcfg, tensors)), TrainPart::All) if step % cfg.checkpoint_every == 0 || step == cfg.steps => {
-                    Some(PixelRestorer::new(VarBuilder::from_tensors(tensors.clone(), DType::F32, &device), mcfg)?)
-                }
-                _ => None,
+            // The EMA weights just exported (every validation step is a checkpoint step
+            // or the last step when validate_every is a multiple of checkpoint_every),
+            // built from memory rather than read back from the file just written.
+            let exported = cfg.train == TrainPart::All && (step % cfg.checkpoint_every == 0 || step == cfg.steps);
+            let eval_model = match exported {
+                true => Some(PixelRestorer::new(VarBuilder::from_tensors(export_tensors(&ema), DType::F32, &device), &cfg.model)?),
+                false => None,
             };
             let lines = validate(eval_model.as_ref().unwrap_or(&model), cfg, &val_pairs, step)?;
             for l in &lines {
