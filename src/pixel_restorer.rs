@@ -10,7 +10,11 @@
 //! - [`FastRestorer`]: the structure encoder (at timestep 0) and a small head predict the
 //!   clean sprite in one pass, as a residual over the cells' mean colour.
 //! - [`DiffusionRestorer`]: a UNet with SPADE modulation from the time-aware structure
-//!   encoder denoises the sprite, driven by our samplers.
+//!   encoder denoises the sprite, driven by our samplers. With a `base` (a frozen fast
+//!   restorer stored in the same weights file), the diffusion state is the residual
+//!   between the clean sprite and the base's prediction, and the UNet sees that prediction
+//!   beside the noisy state: sampling then only has to correct what the one-pass model
+//!   got wrong, which a small model trained for minutes on 2 cores can learn.
 
 use crate::decoder::{decode, reduce_cells, DecodeOptions, Decoded};
 use crate::grid::{analyse, Grid, GridOptions};
@@ -79,6 +83,12 @@ pub struct PixelRestorerConfig {
     /// its small regression errors would only move exact colours. 0 disables it.
     #[serde(default)]
     pub trust_flat_cells_below: f32,
+    /// Diffusion models only: the fast restorer (weights under `base.*`, frozen) whose
+    /// prediction the diffusion refines. The state is then `clean - base(input)` and the
+    /// UNet input is the state and the base prediction side by side (`unet.in_channels`
+    /// 8). None: the state is the clean sprite itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base: Option<Box<PixelRestorerConfig>>,
 }
 
 fn default_head_channels() -> usize {
@@ -133,14 +143,38 @@ impl PixelRestorerConfig {
             schedule: default_schedule(),
             sampling: SamplingConfig::default(),
             trust_flat_cells_below: 0.0,
+            base: None,
         }
+    }
+
+    /// This diffusion config turned into a residual one over the fast model `base`: the
+    /// UNet takes the base prediction as 4 more input channels, the structure encoder
+    /// takes the base's shape (so it can start from the base's trained encoder), and the
+    /// decoder keeps the base's inference setting for flat cells.
+    pub fn with_base(mut self, base: PixelRestorerConfig) -> anyhow::Result<Self> {
+        if self.kind != ModelKind::Diffusion {
+            bail!("only a diffusion model refines a base model");
+        }
+        if base.kind != ModelKind::Fast {
+            bail!("the base of a diffusion model must be a fast model");
+        }
+        if base.factor != self.factor {
+            bail!("the base model rectifies at factor {}, this model at {}", base.factor, self.factor);
+        }
+        let unet = self.unet.as_mut().context("a diffusion config needs `unet`")?;
+        unet.in_channels = 2 * unet.out_channels;
+        self.encoder = base.encoder.clone();
+        self.trust_flat_cells_below = base.trust_flat_cells_below;
+        self.base = Some(Box::new(base));
+        Ok(self)
     }
 
     /// Art pixels per side must be a multiple of this (the networks halve the size once
     /// per level below the first).
     pub fn size_multiple(&self) -> usize {
         let levels = self.unet.as_ref().map_or(self.encoder.channel_mult.len(), |u| u.channel_mult.len().max(self.encoder.channel_mult.len()));
-        1 << levels.saturating_sub(1)
+        let own = 1 << levels.saturating_sub(1);
+        self.base.as_ref().map_or(own, |b| own.max(b.size_multiple()))
     }
 
     pub fn prediction(&self) -> anyhow::Result<Prediction> {
@@ -217,39 +251,67 @@ impl FastRestorer {
     }
 }
 
-/// The diffusion restorer: UNet with SPADE from the time-aware structure encoder.
+/// The diffusion restorer: UNet with SPADE from the time-aware structure encoder,
+/// optionally refining a frozen fast model (see [`PixelRestorerConfig::base`]).
 pub struct DiffusionRestorer {
     encoder: StructEncoder,
     unet: UNet,
+    base: Option<FastRestorer>,
     prediction: Prediction,
     schedule: Schedule,
     cfg: PixelRestorerConfig,
 }
 
 impl DiffusionRestorer {
-    /// Weights under `encoder.*` and `unet.*`.
+    /// Weights under `encoder.*`, `unet.*` and, with a base, `base.*`.
     pub fn new(vb: VarBuilder, cfg: &PixelRestorerConfig) -> anyhow::Result<Self> {
         let unet_cfg = cfg.unet.as_ref().context("a diffusion restorer's config needs `unet`")?;
+        let base = match &cfg.base {
+            Some(base_cfg) => {
+                if unet_cfg.in_channels != 2 * unet_cfg.out_channels {
+                    bail!("a diffusion model with a base needs unet.in_channels = {}", 2 * unet_cfg.out_channels);
+                }
+                Some(FastRestorer::new(vb.pp("base"), base_cfg)?)
+            }
+            None => None,
+        };
         Ok(Self {
             encoder: StructEncoder::new(vb.pp("encoder"), &cfg.encoder)?,
             unet: UNet::new(vb.pp("unet"), unet_cfg)?,
+            base,
             prediction: cfg.prediction()?,
             schedule: cfg.training_schedule()?,
             cfg: cfg.clone(),
         })
     }
 
-    /// The network's output for `x_t` at per-sample `timesteps` (B,) given the encoder input.
-    pub fn predict(&self, x_t: &Tensor, timesteps: &Tensor, input: &Tensor) -> Result<Tensor> {
+    /// What the diffusion state is relative to: the base model's prediction (detached: the
+    /// base is frozen), or None when the state is the sprite itself.
+    pub fn base_prediction(&self, input: &Tensor) -> Result<Option<Tensor>> {
+        self.base.as_ref().map(|b| Ok(b.forward(input)?.detach())).transpose()
+    }
+
+    /// The network's output for `x_t` at per-sample `timesteps` (B,) given the encoder
+    /// input and, for a residual model, the base prediction.
+    pub fn predict(&self, x_t: &Tensor, timesteps: &Tensor, input: &Tensor, base: Option<&Tensor>) -> Result<Tensor> {
         let t = timesteps.to_dtype(DType::F32)?;
         let features = self.encoder.forward(input, &t)?;
-        self.unet.forward(x_t, &t, None, &features)
+        match base {
+            Some(base) => self.unet.forward(&Tensor::cat(&[x_t, base], 1)?, &t, None, &features),
+            None => self.unet.forward(x_t, &t, None, &features),
+        }
     }
 
     /// The training loss at timesteps and noise drawn from `seed`: the diffusion loss on
     /// the network output, plus the sprite losses on the predicted clean sprite.
     pub fn loss(&self, input: &Tensor, target: &Tensor, seed: u64, w: &LossWeights) -> Result<(Tensor, Vec<(&'static str, f32)>)> {
         use rand::Rng;
+        let base = self.base_prediction(input)?;
+        let clean = target;
+        let target = &match &base {
+            Some(base) => (clean - base)?,
+            None => clean.clone(),
+        };
         let (b, c, h, wd) = target.dims4()?;
         let mut rng = crate::rng::rng_from_seed(seed);
         let steps: Vec<usize> = (0..b).map(|_| rng.random_range(0..self.schedule.len())).collect();
@@ -261,7 +323,7 @@ impl DiffusionRestorer {
         let sigma = per_sample(ac.iter().map(|a| (1.0 - a).sqrt() as f32).collect())?;
         let x_t = (target.broadcast_mul(&alpha)? + noise.broadcast_mul(&sigma)?)?;
         let t = Tensor::from_vec(steps.iter().map(|&s| s as f32).collect::<Vec<_>>(), b, target.device())?;
-        let out = self.predict(&x_t, &t, input)?;
+        let out = self.predict(&x_t, &t, input, base.as_ref())?;
         let (wanted, x0) = match self.prediction {
             Prediction::Eps => (noise.clone(), ((&x_t - out.broadcast_mul(&sigma)?)?.broadcast_div(&alpha))?),
             Prediction::V => (
@@ -270,7 +332,11 @@ impl DiffusionRestorer {
             ),
         };
         let diffusion = (&out - &wanted)?.sqr()?.mean_all()?;
-        let (sprite, mut parts) = sprite_losses(&x0.clamp(-1.5, 1.5)?, target, w)?;
+        let predicted = match &base {
+            Some(base) => (x0 + base)?,
+            None => x0,
+        };
+        let (sprite, mut parts) = sprite_losses(&predicted.clamp(-1.5, 1.5)?, clean, w)?;
         parts.insert(0, ("diffusion", diffusion.to_scalar::<f32>()?));
         Ok((((diffusion * w.diffusion)? + sprite)?, parts))
     }
@@ -284,16 +350,27 @@ impl DiffusionRestorer {
     pub fn sample(&self, input: &Tensor, seeds: &[u64]) -> anyhow::Result<Tensor> {
         let sampling = &self.cfg.sampling;
         let sampler = Sampler::new(&self.schedule, sampling.steps, self.cfg.method()?)?;
-        let mut denoiser = FnDenoiser::new(self.prediction, |x_t: &Tensor, t: &Tensor| self.predict(x_t, t, input));
+        let base = self.base_prediction(input)?;
+        let mut denoiser = FnDenoiser::new(self.prediction, |x_t: &Tensor, t: &Tensor| self.predict(x_t, t, input, base.as_ref()));
         let (b, _, h, w) = input.dims4()?;
-        let base = cell_means(input, self.cfg.factor)?;
         let shape = [b, 4, h, w];
+        // img2img starts from the best guess without sampling: the cells' mean colours,
+        // or for a residual model a zero residual (the base prediction itself).
+        let guess = match &base {
+            Some(base) => base.zeros_like()?,
+            None => cell_means(input, self.cfg.factor)?,
+        };
         let start = if sampling.strength >= 1.0 {
             Start::Noise { shape: &shape, dtype: DType::F32, device: input.device() }
         } else {
-            Start::Latent { latent: &base, strength: sampling.strength }
+            Start::Latent { latent: &guess, strength: sampling.strength }
         };
-        Ok(sampler.sample(&mut denoiser, start, seeds, None)?.clamp(-1.0, 1.0)?)
+        let state = sampler.sample(&mut denoiser, start, seeds, None)?;
+        let sprite = match &base {
+            Some(base) => (state + base)?,
+            None => state,
+        };
+        Ok(sprite.clamp(-1.0, 1.0)?)
     }
 }
 

@@ -42,6 +42,10 @@ pub struct TrainArgs {
     /// Start from a trained model folder (config.json + model.safetensors).
     #[arg(long)]
     init: Option<PathBuf>,
+    /// Diffusion only: refine this fast model (a model folder). The diffusion state becomes
+    /// the residual over its prediction; its weights are stored, frozen, in the new model.
+    #[arg(long, conflicts_with = "init")]
+    base: Option<PathBuf>,
     /// Train everything, or only the conditioning adapter (with --init: fine-tuning).
     #[arg(long, value_enum, default_value = "all")]
     train: TrainPart,
@@ -107,10 +111,16 @@ pub fn run(args: TrainArgs) -> Result<ExitCode> {
 }
 
 fn config_from_args(args: &TrainArgs) -> Result<TrainConfig> {
-    let model = match &args.init {
+    let mut model = match &args.init {
         Some(dir) => load_model_dir(dir)?.0,
         None => PixelRestorerConfig::small(args.model),
     };
+    if let Some(base) = &args.base {
+        if args.model != ModelKind::Diffusion {
+            bail!("--base gives the fast model a diffusion model refines: use it with --model diffusion");
+        }
+        model = model.with_base(load_model_dir(base)?.0)?;
+    }
     if args.train == TrainPart::Adapter && args.init.is_none() {
         bail!("--train adapter fine-tunes a trained model: give it with --init");
     }
@@ -123,6 +133,7 @@ fn config_from_args(args: &TrainArgs) -> Result<TrainConfig> {
     cfg.ema_decay = args.ema_decay;
     cfg.presets = args.preset.clone();
     cfg.init = args.init.clone();
+    cfg.base = args.base.clone();
     cfg.train = args.train;
     cfg.selection.only_categories = args.only_category.clone();
     cfg.selection.exclude_categories = args.exclude_category.clone();

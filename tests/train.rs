@@ -163,3 +163,57 @@ fn trained_models_restore_at_true_resolution_and_repeat() {
     }
 }
 
+
+#[test]
+fn a_residual_diffusion_model_keeps_its_base_frozen_and_starts_from_its_encoder() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("sprites");
+    write_sprites(&data);
+    let base = tmp.path().join("base");
+    train(&tiny_run(ModelKind::Fast, &data, 2), &base, &mut |_, _| {}).unwrap();
+    let base_model = base.join("model");
+    let (base_cfg, base_tensors) = spritedx::train::run::load_model_dir(&base_model).unwrap();
+
+    let mut cfg = tiny_run(ModelKind::Diffusion, &data, 2);
+    cfg.model = cfg.model.clone().with_base(base_cfg.clone()).unwrap();
+    cfg.base = Some(base_model.clone());
+    // Stopped after step 1 and resumed, then compared with a straight run below.
+    let mut first = cfg.clone();
+    first.steps = 1;
+    first.checkpoint_every = 1;
+    let split = tmp.path().join("split");
+    train(&first, &split, &mut |_, _| {}).unwrap();
+    // Starting the encoder from the base: before any step it is the base's encoder.
+    let (after_one, _) = spritedx::train::checkpoint::load(&split.join("checkpoint.safetensors"), &candle_core::Device::Cpu).unwrap();
+    train(&cfg, &split, &mut |_, _| {}).unwrap();
+    let run = tmp.path().join("residual");
+    train(&cfg, &run, &mut |_, _| {}).unwrap();
+    assert!(model_values(&split) == model_values(&run), "resumed residual run differs");
+
+    let (tensors, _) = spritedx::train::checkpoint::load(&run.join("model/model.safetensors"), &candle_core::Device::Cpu).unwrap();
+    let values = |t: &candle_core::Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    for (name, t) in &base_tensors {
+        let own = tensors.get(&format!("base.{name}")).unwrap_or_else(|| panic!("base.{name} missing"));
+        assert!(values(own) == values(t), "base.{name} changed in training");
+    }
+    // The encoder trained away from the base's, which it started from (checked one step in,
+    // where it can differ only by one AdamW step of at most about lr per weight).
+    let name = base_tensors.keys().find(|k| k.starts_with("encoder.") && k.ends_with("weight")).unwrap();
+    let moved: Vec<f32> = values(&tensors[name.as_str()]).iter().zip(values(&base_tensors[name])).map(|(a, b)| (a - b).abs()).collect();
+    assert!(moved.iter().any(|&d| d > 0.0), "{name} did not train");
+    let one_step = values(&after_one[&format!("model.{name}")]);
+    let lr = cfg.optim.lr as f32;
+    let start_gap = one_step.iter().zip(values(&base_tensors[name])).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+    assert!(start_gap <= 1.5 * lr, "{name} did not start from the base: {start_gap} after one step of lr {lr}");
+
+    // It restores at true resolution through the CLI's loader.
+    let model = LoadedPixelRestorer::load(&run.join("model"), None).unwrap();
+    assert_eq!(model.config.base.as_deref(), Some(&base_cfg));
+    let sprite = image::open(data.join("dcss_mon_00.png")).unwrap().to_rgba8();
+    let big = imageops::resize(&sprite, 48, 48, imageops::FilterType::Nearest);
+    assert_eq!(model.restore(&big, &Default::default()).unwrap().image.dimensions(), (16, 16));
+
+    // A base of the wrong kind is refused.
+    let err = tiny(ModelKind::Diffusion).with_base(tiny(ModelKind::Diffusion)).unwrap_err();
+    assert!(format!("{err:#}").contains("fast"), "{err:#}");
+}

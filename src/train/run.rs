@@ -64,6 +64,11 @@ pub struct TrainConfig {
     pub train: TrainPart,
     /// A model folder (`config.json` + `model.safetensors`) to start from.
     pub init: Option<PathBuf>,
+    /// The fast model folder a residual diffusion model refines (see
+    /// [`PixelRestorerConfig::base`]): its weights become the frozen `base.*` tensors and
+    /// the starting point of the structure encoder.
+    #[serde(default)]
+    pub base: Option<PathBuf>,
     pub log_every: u64,
     pub checkpoint_every: u64,
     pub validate_every: u64,
@@ -90,6 +95,7 @@ impl TrainConfig {
             losses: LossWeights::default(),
             train: TrainPart::All,
             init: None,
+            base: None,
             log_every: 10,
             checkpoint_every: 100,
             validate_every: 250,
@@ -102,6 +108,11 @@ impl TrainConfig {
 /// Whether a variable belongs to the conditioning adapter.
 pub fn is_adapter_var(name: &str) -> bool {
     name.starts_with("encoder.") || name.starts_with("head.") || name.contains("spade")
+}
+
+/// Whether a variable is never trained: the base model of a residual diffusion model.
+pub fn is_frozen_var(name: &str) -> bool {
+    name.starts_with("base.")
 }
 
 /// Sets every variable to its initial value, deterministically from `seed`: weights of two
@@ -334,10 +345,26 @@ pub fn train(cfg: &TrainConfig, out: &Path, on_step: &mut dyn FnMut(u64, f64)) -
             var.set(t)?;
         }
     }
-    let trained: Vec<(String, Var)> = match cfg.train {
-        TrainPart::All => vars.clone(),
-        TrainPart::Adapter => vars.iter().filter(|(n, _)| is_adapter_var(n)).cloned().collect(),
-    };
+    if let Some(base_dir) = &cfg.base {
+        let (base_cfg, tensors) = load_model_dir(base_dir)?;
+        if cfg.model.base.as_deref() != Some(&base_cfg) {
+            bail!("{} holds another base model than this run's config names", base_dir.display());
+        }
+        for (name, var) in &vars {
+            let base_name = match (name.strip_prefix("base."), name.starts_with("encoder.")) {
+                (Some(own), _) => own,
+                (None, true) => name.as_str(),
+                (None, false) => continue,
+            };
+            var.set(tensors.get(base_name).with_context(|| format!("{} lacks {base_name}", base_dir.display()))?)?;
+        }
+    }
+    let trained: Vec<(String, Var)> = vars
+        .iter()
+        .filter(|(n, _)| !is_frozen_var(n))
+        .filter(|(n, _)| cfg.train == TrainPart::All || is_adapter_var(n))
+        .cloned()
+        .collect();
     if trained.is_empty() {
         bail!("nothing to train: no variable belongs to the adapter");
     }
