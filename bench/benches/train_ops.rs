@@ -1,6 +1,11 @@
 //! Training-op speed: our NHWC im2col convolution against candle's own conv2d, forward and
 //! backward, on the shape of the restorer's network (batch 16, 64 channels, 32x32).
 //! `cargo bench -p spritedx-bench --bench train_ops`. Compare the ratios, not the times.
+//!
+//! When `bench/pytorch/.venv` exists (`bash bench/pytorch/setup.sh`), the same run also
+//! times `bench/pytorch/train_ops.py` on as many threads as ours (`RAYON_NUM_THREADS`, and
+//! `CANDLE_NUM_THREADS` for candle's own pool; set both) and prints the two side by side
+//! with the ratio ours / PyTorch.
 
 use candle_core::{Device, Tensor, Var};
 use candle_nn::{AdamW, Optimizer, ParamsAdamW, VarBuilder, VarMap};
@@ -111,6 +116,18 @@ fn main() -> candle_core::Result<()> {
     let ours_w = Var::from_tensor(&ours.weight)?;
     let ours = Conv3x3 { weight: ours_w.as_tensor().clone(), bias: None, stride: 1 };
 
+    if let Some(steps) = std::env::var_os("SPRITEDX_BENCH_PROFILE_NET") {
+        // Only the net's full step, this many times: for a profiler.
+        let steps: usize = steps.to_str().and_then(|s| s.parse().ok()).expect("SPRITEDX_BENCH_PROFILE_NET=STEPS");
+        let varmap = VarMap::new();
+        let net = Net::new(VarBuilder::from_varmap(&varmap, candle_core::DType::F32, &dev))?;
+        let target = Tensor::randn(0f32, 1.0, (n, h, w, c), &dev)?;
+        let mut opt = AdamW::new(varmap.all_vars(), ParamsAdamW { lr: 1e-3, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.01 })?;
+        for _ in 0..steps {
+            opt.backward_step(&net.forward(x_nhwc.as_tensor())?.sub(&target)?.sqr()?.mean_all()?)?;
+        }
+        return Ok(());
+    }
     let ours_fwd = median_ms(runs, || {
         ours.forward(x_nhwc.as_tensor()).unwrap();
     });
@@ -176,5 +193,44 @@ fn main() -> candle_core::Result<()> {
     println!("{:<28} {:>10.1}", "forward ms", net_fwd);
     println!("{:<28} {:>10.1}", "backward ms", net_bwd);
     println!("{:<28} {:>10.1}", "full step ms", net_step);
+    match pytorch_times() {
+        Ok(torch) => {
+            let t = |path: &[&str]| path.iter().fold(&torch, |v, k| &v[*k]).as_f64().unwrap_or(f64::NAN);
+            println!("side by side with PyTorch {} on {} threads (ratio = ours / PyTorch; the goal is <= 1.5x):", torch["torch"], torch["threads"]);
+            println!("{:<34} {:>10} {:>10} {:>8}", "", "ours ms", "torch ms", "ratio");
+            let rows = [
+                ("conv3x3 forward", ours_fwd, t(&["ops", "conv3x3 channels_last", "forward_ms"])),
+                ("conv3x3 forward + backward", ours_step, t(&["ops", "conv3x3 channels_last", "forward_backward_ms"])),
+                ("GroupNorm+SiLU forward", gn_fused_fwd, t(&["ops", "GroupNorm(8)+SiLU chan_last", "forward_ms"])),
+                ("GroupNorm+SiLU forward + backward", gn_fused_step, t(&["ops", "GroupNorm(8)+SiLU chan_last", "forward_backward_ms"])),
+                ("net forward", net_fwd, t(&["net", "forward_ms"])),
+                ("net backward", net_bwd, t(&["net", "backward_ms"])),
+                ("net full step", net_step, t(&["net", "step_ms"])),
+            ];
+            for (name, ours, torch) in rows {
+                println!("{name:<34} {ours:>10.1} {torch:>10.1} {:>7.2}x", ours / torch);
+            }
+        }
+        Err(why) => println!("PyTorch side skipped: {why}"),
+    }
     Ok(())
+}
+
+/// Runs bench/pytorch/train_ops.py on this process's thread count and returns its JSON.
+fn pytorch_times() -> Result<serde_json::Value, String> {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("pytorch");
+    let python = root.join(".venv/bin/python");
+    if !python.exists() {
+        return Err(format!("{} not found (run `bash bench/pytorch/setup.sh`)", python.display()));
+    }
+    let out = std::process::Command::new(&python)
+        .arg(root.join("train_ops.py"))
+        .arg("--json")
+        .env("BENCH_THREADS", rayon::current_num_threads().to_string())
+        .output()
+        .map_err(|e| format!("running {}: {e}", python.display()))?;
+    if !out.status.success() {
+        return Err(format!("train_ops.py failed: {}", String::from_utf8_lossy(&out.stderr)));
+    }
+    serde_json::from_slice(&out.stdout).map_err(|e| format!("train_ops.py printed no JSON: {e}"))
 }

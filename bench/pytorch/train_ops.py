@@ -1,7 +1,9 @@
 """PyTorch reference times for bench/benches/train_ops.rs, plus one training step of the
 restorer-sized net that the Rust side will later be compared against.
 
-Same measurements as train_ops.rs: CPU, 2 threads, f32, median of 7 runs after one warm-up.
+Same measurements as train_ops.rs: CPU, f32, median of 7 runs after one warm-up, on
+BENCH_THREADS threads (default 2). With --json the results go to stdout as one JSON object
+(train_ops.rs runs this script that way and prints both sides with their ratios).
 "forward + backward" is forward, sum(out), then gradients for every input that candle treats
 as a Var (x and the kernel; x, gamma and beta). torch.autograd.grad is used rather than
 .backward() so gradients are returned fresh, as candle's GradStore is, not accumulated.
@@ -26,7 +28,10 @@ as a Var (x and the kernel; x, gamma and beta). torch.autograd.grad is used rath
    untimed forward) and a full step (zero_grad, forward, backward, optimizer.step()).
 """
 
+import json
+import os
 import statistics
+import sys
 import time
 import warnings
 
@@ -104,7 +109,7 @@ def net_times(x, target):
 
 
 def main():
-    torch.set_num_threads(2)
+    torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "2")))
     torch.manual_seed(0)
     n, c, h, w = 16, 64, 32, 32
     x = torch.randn(n, c, h, w, requires_grad=True)
@@ -114,21 +119,26 @@ def main():
     x_cl = x.detach().to(memory_format=cl).requires_grad_()
     k_cl = k.detach().to(memory_format=cl).requires_grad_()
 
+    as_json = "--json" in sys.argv[1:]
     rows = [
         ("conv3x3 NCHW", *conv_times(x, k)),
         ("conv3x3 channels_last", *conv_times(x_cl, k_cl)),
         ("GroupNorm(8)+SiLU NCHW", *gn_times(x, gamma, beta)),
         ("GroupNorm(8)+SiLU chan_last", *gn_times(x_cl, gamma, beta)),
     ]
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, f32, "
-          f"{n}x{c}x{h}x{w}, median of {RUNS} after 1 warm-up")
-    print(f"{'op':<30} {'forward ms':>11} {'fwd+bwd ms':>11}")
-    for name, fwd, step in rows:
-        print(f"{name:<30} {fwd:>11.2f} {step:>11.2f}")
-
     torch.manual_seed(0)
     xn, target = torch.randn(n, c, h, w), torch.randn(n, c, h, w)
     fwd, bwd, step, params = net_times(xn, target)
+    if as_json:
+        ops = {name: {"forward_ms": f, "forward_backward_ms": s} for name, f, s in rows}
+        net = {"forward_ms": fwd, "backward_ms": bwd, "step_ms": step, "parameters": params}
+        print(json.dumps({"torch": torch.__version__, "threads": torch.get_num_threads(), "ops": ops, "net": net}))
+        return
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, f32, "
+          f"{n}x{c}x{h}x{w}, median of {RUNS} after 1 warm-up")
+    print(f"{'op':<30} {'forward ms':>11} {'fwd+bwd ms':>11}")
+    for name, fwd_ms, step_ms in rows:
+        print(f"{name:<30} {fwd_ms:>11.2f} {step_ms:>11.2f}")
     print(f"net: 2 blocks @32x32x64 + 2 blocks @16x16x128, {params} parameters, MSE + AdamW")
     print(f"{'forward ms':>11} {'backward ms':>12} {'full step ms':>13}")
     print(f"{fwd:>11.2f} {bwd:>12.2f} {step:>13.2f}")
