@@ -89,6 +89,12 @@ pub struct PixelRestorerConfig {
     /// 8). None: the state is the clean sprite itself.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub base: Option<Box<PixelRestorerConfig>>,
+    /// With a base: the diffusion state is the residual times this. Residuals are small
+    /// (most cells are already right), and unscaled they would drown in the unit noise of
+    /// every step but the last few; scaled towards unit spread, the schedule covers them,
+    /// and a network error in the state costs only 1/scale of it in the sprite.
+    #[serde(default = "default_residual_scale", skip_serializing_if = "is_default_residual_scale")]
+    pub residual_scale: f64,
 }
 
 fn default_head_channels() -> usize {
@@ -99,6 +105,12 @@ fn default_prediction() -> String {
 }
 fn default_schedule() -> String {
     "cosine".into()
+}
+fn default_residual_scale() -> f64 {
+    1.0
+}
+fn is_default_residual_scale(scale: &f64) -> bool {
+    *scale == default_residual_scale()
 }
 
 /// Timesteps of the training schedule.
@@ -144,6 +156,7 @@ impl PixelRestorerConfig {
             sampling: SamplingConfig::default(),
             trust_flat_cells_below: 0.0,
             base: None,
+            residual_scale: default_residual_scale(),
         }
     }
 
@@ -309,7 +322,7 @@ impl DiffusionRestorer {
         let base = self.base_prediction(input)?;
         let clean = target;
         let target = &match &base {
-            Some(base) => (clean - base)?,
+            Some(base) => ((clean - base)? * self.cfg.residual_scale)?,
             None => clean.clone(),
         };
         let (b, c, h, wd) = target.dims4()?;
@@ -333,7 +346,7 @@ impl DiffusionRestorer {
         };
         let diffusion = (&out - &wanted)?.sqr()?.mean_all()?;
         let predicted = match &base {
-            Some(base) => (x0 + base)?,
+            Some(base) => ((x0 / self.cfg.residual_scale)? + base)?,
             None => x0,
         };
         let (sprite, mut parts) = sprite_losses(&predicted.clamp(-1.5, 1.5)?, clean, w)?;
@@ -367,7 +380,7 @@ impl DiffusionRestorer {
         };
         let state = sampler.sample(&mut denoiser, start, seeds, None)?;
         let sprite = match &base {
-            Some(base) => (state + base)?,
+            Some(base) => ((state / self.cfg.residual_scale)? + base)?,
             None => state,
         };
         Ok(sprite.clamp(-1.0, 1.0)?)

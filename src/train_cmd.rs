@@ -46,6 +46,10 @@ pub struct TrainArgs {
     /// the residual over its prediction; its weights are stored, frozen, in the new model.
     #[arg(long, conflicts_with = "init")]
     base: Option<PathBuf>,
+    /// With --base: the residual is scaled by this before diffusion (see the model
+    /// config's `residual_scale`).
+    #[arg(long, default_value_t = 8.0, requires = "base")]
+    residual_scale: f64,
     /// Train everything, or only the conditioning adapter (with --init: fine-tuning).
     #[arg(long, value_enum, default_value = "all")]
     train: TrainPart,
@@ -120,6 +124,10 @@ fn config_from_args(args: &TrainArgs) -> Result<TrainConfig> {
             bail!("--base gives the fast model a diffusion model refines: use it with --model diffusion");
         }
         model = model.with_base(load_model_dir(base)?.0)?;
+        if !(args.residual_scale > 0.0 && args.residual_scale.is_finite()) {
+            bail!("--residual-scale must be a positive number");
+        }
+        model.residual_scale = args.residual_scale;
     }
     if args.train == TrainPart::Adapter && args.init.is_none() {
         bail!("--train adapter fine-tunes a trained model: give it with --init");

@@ -176,6 +176,7 @@ fn a_residual_diffusion_model_keeps_its_base_frozen_and_starts_from_its_encoder(
 
     let mut cfg = tiny_run(ModelKind::Diffusion, &data, 2);
     cfg.model = cfg.model.clone().with_base(base_cfg.clone()).unwrap();
+    cfg.model.residual_scale = 4.0;
     cfg.base = Some(base_model.clone());
     // Stopped after step 1 and resumed, then compared with a straight run below.
     let mut first = cfg.clone();

@@ -190,7 +190,7 @@ impl Conv3x3 {
         let (h, w) = Geometry { n, h, w, c, stride: self.stride }.out_hw();
         let y = im2col3x3(x, self.stride)?.matmul(&self.weight)?;
         let y = match &self.bias {
-            Some(b) => y.broadcast_add(b)?,
+            Some(b) => super::bias::add_bias(&y, b)?,
             None => y,
         };
         y.reshape((n, h, w, self.weight.dim(1)?))

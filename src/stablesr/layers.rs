@@ -44,7 +44,7 @@ pub mod ops {
             let w = crate::nn::conv::Conv3x3::weight_from_oihw(weight)?;
             let (_, _, h, wd) = x.dims4()?;
             let (oh, ow) = ((h - 1) / stride + 1, (wd - 1) / stride + 1);
-            let y = cols.matmul(&w)?.broadcast_add(bias)?;
+            let y = crate::nn::bias::add_bias(&cols.matmul(&w)?, bias)?;
             return y.reshape((b, oh, ow, c_out))?.permute((0, 3, 1, 2));
         }
         if fast_cpu(x) && (kh, kw, stride, padding) == (1, 1, 1, 0) {
