@@ -10,6 +10,7 @@
 //! - [`bias`]: adding a per-column bias to a matrix's rows: [`bias::add_bias`].
 //! - [`conv`]: 3x3 convolution, stride 1, zero padding 1, NHWC: [`conv::Conv3x3`].
 //! - [`norm`]: GroupNorm followed by SiLU, fused: [`norm::group_norm_silu`].
+//! - [`upsample`]: nearest 2x upsampling (NCHW) with a sum-pool backward: [`upsample::upsample_nearest_2x`].
 //! - [`shapes`]: recording the keys and shapes a module asks for, without allocating.
 
 /// A zero-filled buffer, allocated uninitialised and then filled in parallel. `vec![0; n]`
@@ -41,5 +42,6 @@ pub mod bias;
 pub mod conv;
 pub mod norm;
 pub mod shapes;
+pub mod upsample;
 #[cfg(test)]
 mod testing;

@@ -179,10 +179,10 @@ pub mod ops {
         exp.broadcast_div(&exp.sum_keepdim(D::Minus1)?)
     }
 
-    /// Nearest-neighbour 2x upsampling of `x` (B, C, H, W).
+    /// Nearest-neighbour 2x upsampling of `x` (B, C, H, W) ([`crate::nn::upsample`]: a
+    /// parallel sum-pool backward that accumulates, where candle's replaces).
     pub fn upsample_nearest_2x(x: &Tensor) -> Result<Tensor> {
-        let (_, _, h, w) = x.dims4()?;
-        x.upsample_nearest2d(2 * h, 2 * w)
+        crate::nn::upsample::upsample_nearest_2x(x)
     }
 }
 
