@@ -48,11 +48,19 @@ pub struct SamplingConfig {
     pub strength: f64,
     /// `ddim` or `dpm++2m`.
     pub method: String,
+    /// Samples drawn per input and averaged (1: one sample). A sample invents detail
+    /// where the input is ambiguous; the average keeps what the samples agree on.
+    #[serde(default = "one_sample")]
+    pub samples: usize,
+}
+
+fn one_sample() -> usize {
+    1
 }
 
 impl Default for SamplingConfig {
     fn default() -> Self {
-        Self { steps: 20, strength: 1.0, method: "dpm++2m".into() }
+        Self { steps: 20, strength: 1.0, method: "dpm++2m".into(), samples: one_sample() }
     }
 }
 
@@ -359,8 +367,22 @@ impl DiffusionRestorer {
         self.cfg.sampling = sampling;
     }
 
-    /// Samples clean sprites for a batch of encoder inputs, seeded per sample.
+    /// Samples clean sprites for a batch of encoder inputs, seeded per sample. With
+    /// `sampling.samples` K > 1, each input is sampled K times (seeds derived from its own)
+    /// in one batch and the K results averaged.
     pub fn sample(&self, input: &Tensor, seeds: &[u64]) -> anyhow::Result<Tensor> {
+        let k = self.cfg.sampling.samples.max(1);
+        if k == 1 {
+            return self.sample_once(input, seeds);
+        }
+        let (b, c, h, w) = input.dims4()?;
+        let repeated = input.unsqueeze(1)?.broadcast_as((b, k, c, h, w))?.reshape((b * k, c, h, w))?;
+        let seeds: Vec<u64> = seeds.iter().flat_map(|&s| (0..k as u64).map(move |i| crate::rng::derive_seed(s, &[i]))).collect();
+        let sprites = self.sample_once(&repeated, &seeds)?;
+        Ok(sprites.reshape((b, k, 4, h, w))?.mean(1)?)
+    }
+
+    fn sample_once(&self, input: &Tensor, seeds: &[u64]) -> anyhow::Result<Tensor> {
         let sampling = &self.cfg.sampling;
         let sampler = Sampler::new(&self.schedule, sampling.steps, self.cfg.method()?)?;
         let base = self.base_prediction(input)?;

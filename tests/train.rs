@@ -218,3 +218,26 @@ fn a_residual_diffusion_model_keeps_its_base_frozen_and_starts_from_its_encoder(
     let err = tiny(ModelKind::Diffusion).with_base(tiny(ModelKind::Diffusion)).unwrap_err();
     assert!(format!("{err:#}").contains("fast"), "{err:#}");
 }
+
+#[test]
+fn several_samples_per_input_are_averaged() {
+    use spritedx::pixel_restorer::PixelRestorer;
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("sprites");
+    write_sprites(&data);
+    let run = tmp.path().join("run");
+    train(&tiny_run(ModelKind::Diffusion, &data, 1), &run, &mut |_, _| {}).unwrap();
+    let mut model = LoadedPixelRestorer::load(&run.join("model"), None).unwrap();
+    let PixelRestorer::Diffusion(diffusion) = &mut model.model else { panic!("a diffusion model") };
+    let input = candle_core::Tensor::randn(0f32, 1.0, (1, 16, 8, 8), &candle_core::Device::Cpu).unwrap();
+    let mut sampling = model.config.sampling.clone();
+    // Two inputs sampled once each with the seeds that two samples of one input get.
+    let seeds = [spritedx::rng::derive_seed(9, &[0]), spritedx::rng::derive_seed(9, &[1])];
+    let twice = candle_core::Tensor::cat(&[&input, &input], 0).unwrap();
+    let singles = diffusion.sample(&twice, &seeds).unwrap().mean_keepdim(0).unwrap();
+    sampling.samples = 2;
+    diffusion.set_sampling(sampling);
+    let averaged = diffusion.sample(&input, &[9]).unwrap();
+    let d = (averaged - singles).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+    assert!(d < 1e-5, "the average of two samples differs by {d}");
+}
