@@ -52,6 +52,10 @@ pub struct SamplingConfig {
     /// where the input is ambiguous; the average keeps what the samples agree on.
     #[serde(default = "one_sample")]
     pub samples: usize,
+    /// Residual models: pixels whose sampled correction of the base changes no channel by
+    /// this much (in [-1, 1] units) keep the base's value. 0 keeps every correction.
+    #[serde(default)]
+    pub min_correction: f64,
 }
 
 fn one_sample() -> usize {
@@ -60,7 +64,7 @@ fn one_sample() -> usize {
 
 impl Default for SamplingConfig {
     fn default() -> Self {
-        Self { steps: 20, strength: 1.0, method: "dpm++2m".into(), samples: one_sample() }
+        Self { steps: 20, strength: 1.0, method: "dpm++2m".into(), samples: one_sample(), min_correction: 0.0 }
     }
 }
 
@@ -402,10 +406,22 @@ impl DiffusionRestorer {
         };
         let state = sampler.sample(&mut denoiser, start, seeds, None)?;
         let sprite = match &base {
-            Some(base) => ((state / self.cfg.residual_scale)? + base)?,
+            Some(base) => (self.kept_correction(&(state / self.cfg.residual_scale)?)? + base)?,
             None => state,
         };
         Ok(sprite.clamp(-1.0, 1.0)?)
+    }
+
+    /// A residual model's correction (B, 4, H, W) of the base, with the pixels whose
+    /// largest channel change is below `sampling.min_correction` set to zero: the sampler
+    /// leaves a little noise everywhere, and a pixel the base got right should stay exact.
+    fn kept_correction(&self, correction: &Tensor) -> Result<Tensor> {
+        let threshold = self.cfg.sampling.min_correction;
+        if threshold <= 0.0 {
+            return Ok(correction.clone());
+        }
+        let keep = correction.abs()?.max_keepdim(1)?.ge(threshold)?.to_dtype(correction.dtype())?;
+        correction.broadcast_mul(&keep)
     }
 }
 

@@ -214,6 +214,19 @@ fn a_residual_diffusion_model_keeps_its_base_frozen_and_starts_from_its_encoder(
     let big = imageops::resize(&sprite, 48, 48, imageops::FilterType::Nearest);
     assert_eq!(model.restore(&big, &Default::default()).unwrap().image.dimensions(), (16, 16));
 
+    // Corrections below min_correction are dropped: above every possible change, the
+    // sample is the base's prediction itself.
+    let mut model = model;
+    let spritedx::pixel_restorer::PixelRestorer::Diffusion(diffusion) = &mut model.model else { panic!("a diffusion model") };
+    let input = candle_core::Tensor::randn(0f32, 1.0, (1, 16, 8, 8), &candle_core::Device::Cpu).unwrap();
+    let mut sampling = model.config.sampling.clone();
+    sampling.min_correction = 10.0;
+    diffusion.set_sampling(sampling);
+    let sampled = diffusion.sample(&input, &[3]).unwrap();
+    let base_only = diffusion.base_prediction(&input).unwrap().unwrap().clamp(-1.0, 1.0).unwrap();
+    let d = (sampled - base_only).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+    assert_eq!(d, 0.0, "corrections below the threshold changed the base");
+
     // A base of the wrong kind is refused.
     let err = tiny(ModelKind::Diffusion).with_base(tiny(ModelKind::Diffusion)).unwrap_err();
     assert!(format!("{err:#}").contains("fast"), "{err:#}");
