@@ -14,7 +14,7 @@
 //!   restorer stored in the same weights file), the diffusion state is the residual
 //!   between the clean sprite and the base's prediction, and the UNet sees that prediction
 //!   beside the noisy state: sampling then only has to correct what the one-pass model
-//!   got wrong, which a small model trained for minutes on 2 cores can learn.
+//!   got wrong.
 
 use crate::decoder::{decode, reduce_cells, DecodeOptions, Decoded};
 use crate::grid::{analyse, Grid, GridOptions};
