@@ -6,6 +6,9 @@
 //! The per-network key layouts and numerics are tested in stablesr_unet.rs,
 //! stablesr_vae.rs and stablesr_text.rs; this file tests how they are combined.
 
+mod stablesr_common;
+use stablesr_common::{fixture_tensors, max_abs, read_json};
+
 use candle_core::{Device, Tensor};
 use image::{imageops, Rgba, RgbaImage};
 use spritedx::nn::shapes::{diff_shapes, ShapeMap};
@@ -20,23 +23,7 @@ use spritedx::stablesr::vae::VaeConfig;
 use spritedx::weights::{check_shapes, HubOptions, KeyRules, WeightSource};
 use spritedx_samplers::Method;
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
-
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures/stablesr")
-}
-
-fn read_json(name: &str) -> serde_json::Value {
-    let path = fixtures().join(name);
-    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("reading {path:?}: {e}"));
-    serde_json::from_str(&text).unwrap_or_else(|e| panic!("parsing {path:?}: {e}"))
-}
-
-fn fixture_tensors(name: &str) -> HashMap<String, Tensor> {
-    let path = fixtures().join(name);
-    candle_core::safetensors::load(&path, &Device::Cpu)
-        .unwrap_or_else(|e| panic!("loading {path:?}: {e}"))
-}
+use std::path::Path;
 
 /// Hub options that never reach the network (folder sources do not use them).
 fn offline_hub(dir: &Path) -> HubOptions {
@@ -48,18 +35,7 @@ fn offline_hub(dir: &Path) -> HubOptions {
     }
 }
 
-fn max_abs(t: &Tensor) -> f32 {
-    t.abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar()
-        .unwrap()
-}
-
-fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
     max_abs(&(a - b).unwrap())
 }
 

@@ -4,6 +4,9 @@
 //! tests/fixtures/make_openclip_text_fixture.py), and the token layout against
 //! open_clip's `tokenize`.
 
+mod stablesr_common;
+use stablesr_common::max_abs;
+
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use spritedx::nn::shapes::{diff_shapes, ShapeMap, ShapeRecorder};
@@ -46,17 +49,6 @@ fn ids(tensors: &HashMap<String, Tensor>, name: &str) -> Vec<u32> {
         .unwrap()
         .to_vec1()
         .unwrap()
-}
-
-fn max_abs(t: &Tensor) -> f64 {
-    t.abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap() as f64
 }
 
 #[test]

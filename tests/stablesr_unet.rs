@@ -3,6 +3,9 @@
 //! PyTorch on tiny random weights (../shared/fixtures/stablesr, see PROVENANCE.md), and
 //! gradients reaching every weight.
 
+mod stablesr_common;
+use stablesr_common::{fixture_tensors, fixtures, max_abs, read_json};
+
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
 use rand::SeedableRng;
@@ -11,26 +14,9 @@ use spritedx::nn::shapes::{diff_shapes, ShapeMap, ShapeRecorder};
 use spritedx::stablesr::struct_encoder::{StructEncoder, StructEncoderConfig, StructFeatures};
 use spritedx::stablesr::unet::{UNet, UNetConfig};
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
 
 const UNET_PREFIX: &str = "model.diffusion_model";
 const ENCODER_PREFIX: &str = "structcond_stage_model";
-
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures/stablesr")
-}
-
-fn read_json(name: &str) -> serde_json::Value {
-    let path = fixtures().join(name);
-    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("reading {path:?}: {e}"));
-    serde_json::from_str(&text).unwrap_or_else(|e| panic!("parsing {path:?}: {e}"))
-}
-
-fn load_tensors(name: &str) -> HashMap<String, Tensor> {
-    let path = fixtures().join(name);
-    candle_core::safetensors::load(&path, &Device::Cpu)
-        .unwrap_or_else(|e| panic!("loading {path:?}: {e}"))
-}
 
 fn tiny_configs() -> (UNetConfig, StructEncoderConfig) {
     let config = read_json("tiny_config.json");
@@ -99,7 +85,7 @@ fn full_size_keys_and_shapes_match_the_stablesr_checkpoint() {
 /// and nothing else is.
 #[test]
 fn tiny_networks_use_exactly_the_fixture_weights() {
-    let weights = load_tensors("tiny_weights.safetensors");
+    let weights = fixture_tensors("tiny_weights.safetensors");
     let (unet_cfg, encoder_cfg) = tiny_configs();
     let (unet, encoder) = declared_shapes(&unet_cfg, &encoder_cfg);
     let (unet_file, encoder_file) = (
@@ -113,17 +99,6 @@ fn tiny_networks_use_exactly_the_fixture_weights() {
     );
     assert_same_shapes("tiny UNet vs fixture", &unet, &unet_file);
     assert_same_shapes("tiny structure encoder vs fixture", &encoder, &encoder_file);
-}
-
-fn max_abs(t: &Tensor) -> f64 {
-    t.abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_dtype(DType::F64)
-        .unwrap()
-        .to_scalar::<f64>()
-        .unwrap()
 }
 
 /// Asserts `ours` matches `reference` within 1e-4 * max(1, max |reference|) and returns
@@ -150,7 +125,7 @@ fn tiny_networks(vb: VarBuilder) -> (UNet, StructEncoder) {
 
 #[test]
 fn tiny_networks_reproduce_stablesr_outputs() {
-    let io = load_tensors("tiny_io.safetensors");
+    let io = fixture_tensors("tiny_io.safetensors");
     let mut names: Vec<_> = io
         .iter()
         .map(|(k, t)| format!("{k} {:?} {:?}", t.dims(), t.dtype()))
@@ -211,7 +186,7 @@ fn every_weight_gets_a_gradient() {
         .load(fixtures().join("tiny_weights.safetensors"))
         .expect("loading the fixture weights");
 
-    let io = load_tensors("tiny_io.safetensors");
+    let io = fixture_tensors("tiny_io.safetensors");
     let timesteps = &io["b2.unet.timesteps"];
     let features = encoder.forward(&io["b2.enc.lr_latent"], timesteps).unwrap();
     let eps = unet

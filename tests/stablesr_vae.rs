@@ -3,49 +3,22 @@
 //! CFW fixture computed by StableSR's own modules (../shared/fixtures/stablesr, see its
 //! PROVENANCE.md), and gradients reaching every weight.
 
+mod stablesr_common;
+use stablesr_common::{fixture_tensors, fixtures, max_abs, read_json};
+
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
 use spritedx::nn::shapes::{diff_shapes, ShapeMap, ShapeRecorder};
 use spritedx::stablesr::vae::{AutoencoderKL, AutoencoderKLResi, VaeConfig};
-use std::collections::HashMap;
-use std::path::{Path, PathBuf};
-
-fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../shared/fixtures/stablesr")
-        .join(name)
-}
-
-fn read_json(name: &str) -> serde_json::Value {
-    let text =
-        std::fs::read_to_string(fixture(name)).unwrap_or_else(|e| panic!("reading {name}: {e}"));
-    serde_json::from_str(&text).unwrap_or_else(|e| panic!("parsing {name}: {e}"))
-}
 
 /// A manifest group (`{key: shape}`) as a ShapeMap.
 fn shape_map(group: &serde_json::Value) -> ShapeMap {
     serde_json::from_value(group.clone()).expect("manifest group is {key: [dims]}")
 }
 
-fn load_tensors(name: &str) -> HashMap<String, Tensor> {
-    candle_core::safetensors::load(fixture(name), &Device::Cpu)
-        .unwrap_or_else(|e| panic!("loading {name}: {e}"))
-}
-
 fn tiny_config() -> VaeConfig {
     serde_json::from_value(read_json("tiny_config.json")["vqgan_cfw"].clone())
         .expect("tiny vqgan_cfw config")
-}
-
-fn max_abs(t: &Tensor) -> f64 {
-    t.abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap() as f64
 }
 
 /// Asserts `max |ours - reference| <= 1e-4 * max(1, max |reference|)` and returns the error.
@@ -120,7 +93,7 @@ fn cfw_declares_exactly_the_checkpoint_keys() {
 
 #[test]
 fn tiny_cfw_uses_every_fixture_weight() {
-    let weights = load_tensors("tiny_vqgan_cfw_weights.safetensors");
+    let weights = fixture_tensors("tiny_vqgan_cfw_weights.safetensors");
     let fixture_shapes: ShapeMap = weights
         .iter()
         .map(|(k, t)| (k.clone(), t.dims().to_vec()))
@@ -138,13 +111,13 @@ fn tiny_cfw_uses_every_fixture_weight() {
 /// Tolerance for every comparison: max abs err <= 1e-4 * max(1, max |reference|).
 #[test]
 fn tiny_cfw_matches_pytorch() {
-    let io = load_tensors("tiny_io.safetensors");
+    let io = fixture_tensors("tiny_io.safetensors");
     let mut vae_io: Vec<&String> = io.keys().filter(|k| k.starts_with("vae.")).collect();
     vae_io.sort();
     println!("fixture io tensors: {vae_io:?}");
     let cfg = tiny_config();
     let vb = VarBuilder::from_tensors(
-        load_tensors("tiny_vqgan_cfw_weights.safetensors"),
+        fixture_tensors("tiny_vqgan_cfw_weights.safetensors"),
         DType::F32,
         &Device::Cpu,
     );
@@ -180,9 +153,9 @@ fn tiny_cfw_matches_pytorch() {
 /// give the reference's `dec_w0.0`.
 #[test]
 fn plain_autoencoder_matches_pytorch_at_zero_fidelity_weight() {
-    let io = load_tensors("tiny_io.safetensors");
+    let io = fixture_tensors("tiny_io.safetensors");
     let vb = VarBuilder::from_tensors(
-        load_tensors("tiny_vqgan_cfw_weights.safetensors"),
+        fixture_tensors("tiny_vqgan_cfw_weights.safetensors"),
         DType::F32,
         &Device::Cpu,
     );
@@ -200,9 +173,9 @@ fn plain_autoencoder_matches_pytorch_at_zero_fidelity_weight() {
 /// match the single-image reference, and the two must differ.
 #[test]
 fn tiny_cfw_batch_of_two_matches_pytorch_per_sample() {
-    let io = load_tensors("tiny_io.safetensors");
+    let io = fixture_tensors("tiny_io.safetensors");
     let vb = VarBuilder::from_tensors(
-        load_tensors("tiny_vqgan_cfw_weights.safetensors"),
+        fixture_tensors("tiny_vqgan_cfw_weights.safetensors"),
         DType::F32,
         &Device::Cpu,
     );
@@ -229,9 +202,9 @@ fn tiny_cfw_batch_of_two_matches_pytorch_per_sample() {
 
 #[test]
 fn decode_rejects_features_of_another_size() {
-    let io = load_tensors("tiny_io.safetensors");
+    let io = fixture_tensors("tiny_io.safetensors");
     let vb = VarBuilder::from_tensors(
-        load_tensors("tiny_vqgan_cfw_weights.safetensors"),
+        fixture_tensors("tiny_vqgan_cfw_weights.safetensors"),
         DType::F32,
         &Device::Cpu,
     );
@@ -272,10 +245,10 @@ fn every_weight_gets_a_gradient() {
     )
     .unwrap();
     varmap
-        .load(fixture("tiny_vqgan_cfw_weights.safetensors"))
+        .load(fixtures().join("tiny_vqgan_cfw_weights.safetensors"))
         .unwrap();
 
-    let image = &load_tensors("tiny_io.safetensors")["vae.image"];
+    let image = &fixture_tensors("tiny_io.safetensors")["vae.image"];
     let (posterior, enc_fea) = vae.encode(image).unwrap();
     let count = posterior.mean.elem_count();
     let noise = (Tensor::arange(0u32, count as u32, &device)
