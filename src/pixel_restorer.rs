@@ -572,5 +572,5 @@ pub fn restore_image(
     let (grid, input) = encoder_input(image, &opts.grid, config.factor, config.size_multiple(), &Device::Cpu)?;
     let pred = model.predict(&input, &[seed])?;
     let decoded = decode_prediction(&pred, image, &grid, &opts.decode, config.trust_flat_cells_below)?;
-    Ok(crate::snap::Restored { image: decoded.image, grid, palette: decoded.palette })
+    Ok(crate::snap::Restored { image: decoded.image, grid, palette: decoded.palette, blur: None })
 }

@@ -1,6 +1,7 @@
 //! The snap restorer: grid analysis followed by the downsample-and-quantize decoder.
 //! The fastest restorer of the engine, and the last stage of every learned one.
 
+use crate::decoder::deconvolve::{self, BlurModel};
 use crate::decoder::{decode, reduce_cells, DecodeOptions};
 use crate::grid::{analyse, Grid, GridError, GridOptions};
 use image::RgbaImage;
@@ -21,12 +22,16 @@ pub struct Restored {
     pub grid: Grid,
     /// The colours the sprite uses, as sRGB8.
     pub palette: Vec<[u8; 3]>,
+    /// The interpolating upscale (and blur) the decoder found and undid, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub blur: Option<BlurModel>,
 }
 
 /// Restores one image with the snap restorer.
 pub fn restore(image: &RgbaImage, opts: &SnapOptions) -> Result<Restored, GridError> {
     let grid = analyse(image, &opts.grid)?;
-    let cells = reduce_cells(image, &grid);
+    let mut cells = reduce_cells(image, &grid);
+    let blur = deconvolve::refine(image, &grid, &mut cells);
     let decoded = decode(&cells, &opts.decode);
-    Ok(Restored { image: decoded.image, grid, palette: decoded.palette })
+    Ok(Restored { image: decoded.image, grid, palette: decoded.palette, blur })
 }

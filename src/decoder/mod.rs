@@ -16,6 +16,8 @@
 //! 3. binarises alpha at a threshold (or keeps the levels), optionally turns a flat
 //!    background into transparency and optionally removes isolated stray pixels.
 
+pub mod deconvolve;
+
 use crate::colour::{oklab_to_srgb8, srgb8_to_oklab, Oklab};
 use crate::grid::Grid;
 use crate::palette::{auto_palette, snap_to_palette, AutoPaletteOptions, Palette};

@@ -741,6 +741,7 @@ impl StableSr {
                 image: decoded.image,
                 grid: prepared.grid.clone(),
                 palette: decoded.palette,
+                blur: None,
             });
         }
         let art_rgb = decoded
@@ -753,6 +754,7 @@ impl StableSr {
             image: decoded.image,
             grid: prepared.grid.clone(),
             palette: decoded.palette,
+            blur: None,
         })
     }
 

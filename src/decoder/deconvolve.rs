@@ -1,0 +1,796 @@
+//! Cell colours by undoing the blur that made the image: a least-squares fit of the cells.
+//!
+//! When cells are small next to the blur that softened them (a bicubic upscale, a gaussian
+//! blur, soft edges), no pixel of a cell shows its true colour: every one is a weighted sum
+//! of several cells, and the robust interior statistic of [`super::reduce_cells`] returns
+//! mixtures. Here the screen image is modelled, per premultiplied sRGB channel, as
+//! `Y = A_y X A_xᵀ`: `X` holds the unknown cell colours, and each axis operator `A` is an
+//! upscale with an interpolation [`Kernel`] through the grid's own lines followed by a
+//! gaussian blur of `sigma` screen pixels ([`BlurModel`]). The cells are
+//! `argmin ‖A_y X A_xᵀ − Y‖² + λ‖X − X₀‖²`, `X₀` being the robust colours (the ridge keeps
+//! cells the data barely constrains where the robust statistic put them). Its normal
+//! equations live in cell space, `G_y X G_x + λX = A_yᵀ Y A_x + λX₀` with the banded Gram
+//! matrices `G = AᵀA`, and are solved by conjugate gradients: a few banded products per
+//! iteration, so a fit costs about two passes over the image.
+//!
+//! Which model made the image is chosen in two steps ([`refine`]). First the family: when
+//! the best interpolating model explains the image about as well as the best
+//! nearest-neighbour one (their residuals within [`MAX_INTERPOLATED_RESIDUAL_RATIO`]), the
+//! blur reaches into every cell's interior and is undone; otherwise cell interiors are
+//! clean, at most their edges are soft, and the robust colours stay (a median resists noise
+//! and JPEG ringing better than a least-squares fit). Then the kernel and blur, by the least
+//! residual; all models have the same unknowns, one colour per cell, so their residuals
+//! compare fairly.
+//!
+//! The image was stored in 8 bits, so where an interpolating kernel overshot past black,
+//! white, transparent or opaque the samples are clipped: they are treated as censored
+//! (see [`fit`]), which plain least squares would read as less blur than there is.
+//!
+//! Measured on `seed` pairs (bicubic 2-5x, blur, noise) with the grid given: pixel accuracy
+//! of the robust colours 71%, of these fits 87%; on `ai` pairs (nearest-neighbour, soft
+//! edges) the family test keeps the robust colours.
+
+use super::CellColours;
+use crate::colour::{linear_to_oklab, linear_to_srgb, oklab_to_linear, srgb_to_linear};
+use crate::degrade::Kernel;
+use crate::grid::Grid;
+use image::RgbaImage;
+use serde::Serialize;
+
+/// How the screen image is taken to be made from the cells: an upscale with `kernel`
+/// through the grid's lines, then a gaussian blur of `sigma` screen pixels.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+pub struct BlurModel {
+    pub kernel: Kernel,
+    pub sigma: f32,
+}
+
+const fn model(kernel: Kernel, sigma: f32) -> BlurModel {
+    BlurModel { kernel, sigma }
+}
+
+/// The models fitted: nearest-neighbour (gaussian blur over it also stands for soft cell
+/// edges) against the interpolating kernels the degradations and image editors use.
+pub const MODELS: [BlurModel; 18] = [
+    model(Kernel::Nearest, 0.0),
+    model(Kernel::Nearest, 0.5),
+    model(Kernel::Nearest, 1.0),
+    model(Kernel::Nearest, 1.5),
+    model(Kernel::Nearest, 2.2),
+    model(Kernel::Nearest, 3.0),
+    model(Kernel::Bilinear, 0.0),
+    model(Kernel::Bilinear, 0.7),
+    model(Kernel::Bicubic, 0.0),
+    model(Kernel::Bicubic, 0.2),
+    model(Kernel::Bicubic, 0.35),
+    model(Kernel::Bicubic, 0.5),
+    model(Kernel::Bicubic, 0.7),
+    model(Kernel::Bicubic, 0.85),
+    model(Kernel::Bicubic, 1.0),
+    model(Kernel::Bicubic, 1.2),
+    model(Kernel::Bicubic, 1.4),
+    model(Kernel::Lanczos3, 0.5),
+];
+
+/// Ridge weight λ relative to the mean diagonal of `G_y ⊗ G_x` (about the pixels per cell).
+pub const RIDGE: f32 = 0.03;
+/// The interpolated fit replaces the robust colours when its residual is at most this
+/// many times the best nearest-neighbour fit's.
+pub const MAX_INTERPOLATED_RESIDUAL_RATIO: f32 = 1.1;
+/// Rounds of re-estimating clipped samples in the final fit (choosing the model does one);
+/// see [`fit`].
+const CENSORED_REFITS: usize = 3;
+/// Choosing the model looks at every k-th pixel of an axis, with k leaving about this
+/// many per cell: large cells tell their blur as well from a few rows as from all of them.
+const SELECTION_SAMPLES_PER_CELL: f32 = 3.0;
+/// Models are compared on opaque pixels at least this far from any that is not: at alpha
+/// edges resizers clip an overshoot before they blur, which no linear model follows.
+const INTERIOR_RADIUS: usize = 2;
+/// Fewer interior samples than this: models are compared on all samples.
+const MIN_INTERIOR_SAMPLES: usize = 64;
+/// Conjugate-gradient stopping rule: relative residual norm, and an iteration cap.
+const CG_TOLERANCE: f32 = 1e-4;
+const CG_MAX_ITERATIONS: usize = 60;
+/// Below this alpha (0-1) a fitted cell's colour is too faint to unpremultiply: it keeps
+/// its robust colour.
+const MIN_FITTED_ALPHA: f32 = 1.0 / 255.0;
+
+/// One axis of the model: each screen pixel inside the grid as a weighted sum of
+/// consecutive cells.
+#[derive(Debug)]
+struct AxisOperator {
+    cells: usize,
+    /// Screen index of each fitted pixel (those whose centre lies inside the grid).
+    pixel: Vec<u32>,
+    /// First cell of each fitted pixel's weights.
+    first: Vec<u32>,
+    /// Fitted pixel `i`'s weights are `weights[span[i]..span[i + 1]]`, over cells
+    /// `first[i]..`.
+    span: Vec<u32>,
+    weights: Vec<f32>,
+}
+
+impl AxisOperator {
+    /// The operator of an axis of `len` screen pixels whose cell boundaries are `lines`,
+    /// fitting every `stride`-th pixel.
+    fn new(lines: &[f32], len: u32, model: BlurModel, stride: u32) -> Self {
+        let cells = lines.len() - 1;
+        // Pixels outside the grid belong to cells it does not have: they are not fitted.
+        let (lo, hi) = (lines[0], lines[cells]);
+        let lines = extended_lines(lines);
+        let upscaled: Vec<Vec<(usize, f32)>> = (0..len).map(|q| upscale_taps(&lines, q as f32 + 0.5, model.kernel)).collect();
+        let blur = gaussian(model.sigma);
+        let radius = (blur.len() / 2) as i64;
+        let mut op = AxisOperator { cells, pixel: vec![], first: vec![], span: vec![0], weights: vec![] };
+        let mut scratch = vec![0.0f32; cells];
+        for p in (0..len).step_by(stride as usize) {
+            let centre = p as f32 + 0.5;
+            if centre < lo || centre > hi {
+                continue;
+            }
+            let (mut min, mut max) = (cells, 0);
+            for (t, &g) in blur.iter().enumerate() {
+                // Clamp to edge, as the blur that made the image did.
+                let q = (i64::from(p) + t as i64 - radius).clamp(0, i64::from(len) - 1) as usize;
+                for &(cell, w) in &upscaled[q] {
+                    scratch[cell] += g * w;
+                    min = min.min(cell);
+                    max = max.max(cell);
+                }
+            }
+            op.pixel.push(p);
+            op.first.push(min as u32);
+            op.weights.extend(scratch[min..=max].iter());
+            scratch[min..=max].iter_mut().for_each(|v| *v = 0.0);
+            op.span.push(op.weights.len() as u32);
+        }
+        op
+    }
+
+    fn row(&self, i: usize) -> (usize, &[f32]) {
+        (self.first[i] as usize, &self.weights[self.span[i] as usize..self.span[i + 1] as usize])
+    }
+
+    /// `AᵀA` as a symmetric band matrix.
+    fn gram(&self) -> Band {
+        let half = (0..self.pixel.len()).map(|i| self.row(i).1.len()).max().unwrap_or(1).saturating_sub(1);
+        let mut band = Band { n: self.cells, half, values: vec![0.0; self.cells * (2 * half + 1)] };
+        for i in 0..self.pixel.len() {
+            let (first, w) = self.row(i);
+            for (a, &wa) in w.iter().enumerate() {
+                for (b, &wb) in w.iter().enumerate() {
+                    *band.at_mut(first + a, first + b) += wa * wb;
+                }
+            }
+        }
+        band
+    }
+}
+
+/// The grid's lines with partial border cells widened to the mean interior cell: the true
+/// cell continues past the image border, and the interpolating kernels need its centre.
+fn extended_lines(lines: &[f32]) -> Vec<f32> {
+    let mut out = lines.to_vec();
+    let n = lines.len() - 1;
+    if n >= 3 {
+        let mean = (lines[n - 1] - lines[1]) / (n - 2) as f32;
+        out[0] = out[0].min(lines[1] - mean);
+        out[n] = out[n].max(lines[n - 1] + mean);
+    }
+    out
+}
+
+/// The cells screen coordinate `x` draws from under `kernel`, with their weights (cells
+/// clamped to the grid, as the upscale clamps to the sprite's edge).
+fn upscale_taps(lines: &[f32], x: f32, kernel: Kernel) -> Vec<(usize, f32)> {
+    let cells = lines.len() - 1;
+    // The cell x lies in (the edge cell's width extrapolates outside), then the continuous
+    // art coordinate, cell i spanning [i, i + 1).
+    let cell = lines.partition_point(|&l| l <= x).saturating_sub(1).min(cells - 1);
+    let u = cell as f32 + (x - lines[cell]) / (lines[cell + 1] - lines[cell]).max(f32::EPSILON);
+    let clamp = |i: i64| i.clamp(0, cells as i64 - 1) as usize;
+    if kernel == Kernel::Nearest {
+        return vec![(clamp(u.floor() as i64), 1.0)];
+    }
+    let centre = u - 0.5;
+    let base = centre.floor();
+    let radius = kernel.radius();
+    let taps: Vec<(usize, f32)> = (0..2 * radius)
+        .map(|k| {
+            let offset = k - (radius - 1);
+            (clamp(base as i64 + i64::from(offset)), kernel.weight(centre - base - offset as f32))
+        })
+        .collect();
+    let total: f32 = taps.iter().map(|t| t.1).sum();
+    taps.into_iter().map(|(c, w)| (c, w / total)).collect()
+}
+
+/// A normalised gaussian of `sigma` pixels out to 3 sigma; `[1]` for no blur.
+fn gaussian(sigma: f32) -> Vec<f32> {
+    if sigma < 0.05 {
+        return vec![1.0];
+    }
+    let radius = (3.0 * sigma).ceil() as i32;
+    let g: Vec<f32> = (-radius..=radius).map(|t| (-(t * t) as f32 / (2.0 * sigma * sigma)).exp()).collect();
+    let total: f32 = g.iter().sum();
+    g.into_iter().map(|v| v / total).collect()
+}
+
+/// A symmetric `n` x `n` band matrix of half-width `half`, row `i` holding columns
+/// `i - half ..= i + half`.
+#[derive(Debug)]
+struct Band {
+    n: usize,
+    half: usize,
+    values: Vec<f32>,
+}
+
+impl Band {
+    fn at_mut(&mut self, i: usize, j: usize) -> &mut f32 {
+        &mut self.values[i * (2 * self.half + 1) + self.half + j - i]
+    }
+
+    fn mean_diagonal(&self) -> f32 {
+        (0..self.n).map(|i| self.values[i * (2 * self.half + 1) + self.half]).sum::<f32>() / self.n.max(1) as f32
+    }
+
+    /// The columns `lo..=hi` that row `i` has, and those entries.
+    fn row(&self, i: usize) -> (usize, &[f32]) {
+        let width = 2 * self.half + 1;
+        let lo = i.saturating_sub(self.half);
+        let hi = (i + self.half).min(self.n - 1);
+        let start = i * width + self.half + lo - i;
+        (lo, &self.values[start..start + hi - lo + 1])
+    }
+}
+
+/// `G_y X G_x + λX` for `X` of `rows` x `cols` (row-major), through `tmp`.
+fn normal_operator(gy: &Band, gx: &Band, ridge: f32, x: &[f32], tmp: &mut [f32], out: &mut [f32]) {
+    let cols = gx.n;
+    // tmp = X G_x (G_x symmetric: column i of the product is row i of G_x against X's rows).
+    for (x_row, t_row) in x.chunks_exact(cols).zip(tmp.chunks_exact_mut(cols)) {
+        for (i, t) in t_row.iter_mut().enumerate() {
+            let (lo, g) = gx.row(i);
+            *t = g.iter().zip(&x_row[lo..]).map(|(a, b)| a * b).sum();
+        }
+    }
+    // out = G_y tmp + λX.
+    for (j, out_row) in out.chunks_exact_mut(cols).enumerate() {
+        let (lo, g) = gy.row(j);
+        out_row.iter_mut().zip(&x[j * cols..]).for_each(|(o, &xv)| *o = ridge * xv);
+        for (k, &w) in g.iter().enumerate() {
+            let t_row = &tmp[(lo + k) * cols..(lo + k + 1) * cols];
+            out_row.iter_mut().zip(t_row).for_each(|(o, &t)| *o += w * t);
+        }
+    }
+}
+
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    a.iter().zip(b).map(|(x, y)| x * y).sum()
+}
+
+/// Solves `G_y X G_x + λX = rhs` by conjugate gradients from `x` (in place).
+fn conjugate_gradients(gy: &Band, gx: &Band, ridge: f32, rhs: &[f32], x: &mut [f32]) {
+    let n = rhs.len();
+    let (mut tmp, mut ap) = (vec![0.0; n], vec![0.0; n]);
+    normal_operator(gy, gx, ridge, x, &mut tmp, &mut ap);
+    let mut r: Vec<f32> = rhs.iter().zip(&ap).map(|(b, a)| b - a).collect();
+    let mut p = r.clone();
+    let mut rr = dot(&r, &r);
+    let stop = CG_TOLERANCE * CG_TOLERANCE * dot(rhs, rhs);
+    for _ in 0..CG_MAX_ITERATIONS {
+        if rr <= stop || rr == 0.0 {
+            break;
+        }
+        normal_operator(gy, gx, ridge, &p, &mut tmp, &mut ap);
+        let alpha = rr / dot(&p, &ap);
+        x.iter_mut().zip(&p).for_each(|(xv, pv)| *xv += alpha * pv);
+        r.iter_mut().zip(&ap).for_each(|(rv, av)| *rv -= alpha * av);
+        let next = dot(&r, &r);
+        let beta = next / rr;
+        p.iter_mut().zip(&r).for_each(|(pv, rv)| *pv = rv + beta * *pv);
+        rr = next;
+    }
+}
+
+/// Images as planes of one channel each, `width` wide, row-major.
+struct Planes {
+    width: usize,
+    height: usize,
+    planes: Vec<Vec<f32>>,
+    /// 1 where the pixel and all within [`INTERIOR_RADIUS`] are opaque, else 0.
+    interior: Vec<f32>,
+}
+
+impl Planes {
+    /// The image as four premultiplied sRGB planes in [0, 1].
+    fn premultiplied(img: &RgbaImage) -> Self {
+        let n = (img.width() * img.height()) as usize;
+        let mut planes: Vec<Vec<f32>> = (0..4).map(|_| Vec::with_capacity(n)).collect();
+        for p in img.pixels() {
+            let a = f32::from(p[3]) / 255.0;
+            for c in 0..3 {
+                planes[c].push(f32::from(p[c]) / 255.0 * a);
+            }
+            planes[3].push(a);
+        }
+        let (w, h) = (img.width() as usize, img.height() as usize);
+        let opaque = |x: usize, y: usize| img.get_pixel(x as u32, y as u32)[3] == 255;
+        let r = INTERIOR_RADIUS;
+        let interior = (0..w * h)
+            .map(|i| {
+                let (x, y) = (i % w, i / w);
+                let all = (y.saturating_sub(r)..=(y + r).min(h - 1)).all(|yy| (x.saturating_sub(r)..=(x + r).min(w - 1)).all(|xx| opaque(xx, yy)));
+                if all { 1.0 } else { 0.0 }
+            })
+            .collect();
+        Planes { width: w, height: h, planes, interior }
+    }
+
+    /// One plane, the sum of all: the model is linear and the same for every channel, so
+    /// the sum obeys it too, at a quarter of the cost of fitting all four.
+    fn summed(&self) -> Self {
+        let mut sum = self.planes[0].clone();
+        for plane in &self.planes[1..] {
+            sum.iter_mut().zip(plane).for_each(|(s, v)| *s += v);
+        }
+        Planes { width: self.width, height: self.height, planes: vec![sum], interior: self.interior.clone() }
+    }
+}
+
+/// One model's least-squares problem on one grid: the axis operators, their Gram
+/// matrices and the ridge weight.
+struct Problem {
+    ax: AxisOperator,
+    ay: AxisOperator,
+    gx: Band,
+    gy: Band,
+    ridge: f32,
+}
+
+impl Problem {
+    fn new(grid: &Grid, width: usize, height: usize, model: BlurModel, stride: (u32, u32)) -> Self {
+        let ax = AxisOperator::new(&grid.x_lines, width as u32, model, stride.0);
+        let ay = AxisOperator::new(&grid.y_lines, height as u32, model, stride.1);
+        let (gx, gy) = (ax.gram(), ay.gram());
+        let ridge = RIDGE * gx.mean_diagonal() * gy.mean_diagonal();
+        Problem { ax, ay, gx, gy, ridge }
+    }
+
+    /// The fitted pixels of `plane` (image `width` wide), row-major.
+    fn samples(&self, plane: &[f32], width: usize) -> Vec<f32> {
+        let mut out = Vec::with_capacity(self.ax.pixel.len() * self.ay.pixel.len());
+        for &y in &self.ay.pixel {
+            let row = &plane[y as usize * width..];
+            out.extend(self.ax.pixel.iter().map(|&x| row[x as usize]));
+        }
+        out
+    }
+
+    /// `A_yᵀ Y A_x` of fitted samples `y`.
+    fn data_term(&self, y: &[f32]) -> Vec<f32> {
+        let (cols, fitted_cols) = (self.ax.cells, self.ax.pixel.len());
+        let mut y_ax = vec![0.0f32; self.ay.pixel.len() * cols];
+        for (row, out) in y.chunks_exact(fitted_cols).zip(y_ax.chunks_exact_mut(cols)) {
+            for (ix, &v) in row.iter().enumerate() {
+                let (first, w) = self.ax.row(ix);
+                out[first..first + w.len()].iter_mut().zip(w).for_each(|(o, &wv)| *o += v * wv);
+            }
+        }
+        let mut data = vec![0.0f32; self.ay.cells * cols];
+        for (iy, src) in y_ax.chunks_exact(cols).enumerate() {
+            let (first, w) = self.ay.row(iy);
+            for (k, &wv) in w.iter().enumerate() {
+                data[(first + k) * cols..(first + k + 1) * cols].iter_mut().zip(src).for_each(|(o, &s)| *o += wv * s);
+            }
+        }
+        data
+    }
+
+    /// The model's image of cells `x` at the fitted pixels: `A_y X A_xᵀ`.
+    fn predict(&self, x: &[f32]) -> Vec<f32> {
+        let cols = self.ax.cells;
+        let mut ay_x = vec![0.0f32; self.ay.pixel.len() * cols];
+        for (iy, out) in ay_x.chunks_exact_mut(cols).enumerate() {
+            let (first, w) = self.ay.row(iy);
+            for (k, &wv) in w.iter().enumerate() {
+                out.iter_mut().zip(&x[(first + k) * cols..]).for_each(|(o, &v)| *o += wv * v);
+            }
+        }
+        let mut out = Vec::with_capacity(self.ax.pixel.len() * self.ay.pixel.len());
+        for row in ay_x.chunks_exact(cols) {
+            out.extend((0..self.ax.pixel.len()).map(|ix| {
+                let (first, w) = self.ax.row(ix);
+                dot(&row[first..first + w.len()], w)
+            }));
+        }
+        out
+    }
+
+    /// The cells minimising `‖A_y X A_xᵀ − Y‖² + λ‖X − prior‖²` for `data` = `A_yᵀ Y A_x`,
+    /// from `start`.
+    fn solve(&self, data: &[f32], prior: &[f32], start: Vec<f32>) -> Vec<f32> {
+        let rhs: Vec<f32> = data.iter().zip(prior).map(|(d, p)| d + self.ridge * p).collect();
+        let mut x = start;
+        conjugate_gradients(&self.gy, &self.gx, self.ridge, &rhs, &mut x);
+        x
+    }
+
+    /// `‖A_y X A_xᵀ − Y‖² = ΣY² − 2⟨X, A_yᵀYA_x⟩ + ⟨X, G_y X G_x⟩`, from `yy` = ΣY².
+    fn squared_residual(&self, x: &[f32], data: &[f32], yy: f64) -> f64 {
+        let (mut tmp, mut gxg) = (vec![0.0; x.len()], vec![0.0; x.len()]);
+        normal_operator(&self.gy, &self.gx, 0.0, x, &mut tmp, &mut gxg);
+        yy - 2.0 * f64::from(dot(x, data)) + f64::from(dot(x, &gxg))
+    }
+}
+
+/// A fitted model: its cells (one plane per image plane, rows x cols) and its mean squared
+/// residual per sample.
+struct Fit {
+    model: BlurModel,
+    cells: Vec<Vec<f32>>,
+    residual: f32,
+}
+
+/// What a stored sample says of the model's value there.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Sample {
+    /// It is the value (up to noise).
+    Exact,
+    /// Clipped at the lower bound: the value is at most the sample.
+    AtMost,
+    /// Clipped at the upper bound: the value is at least the sample.
+    AtLeast,
+    /// Nothing: the colour of a pixel stored fully transparent.
+    Unknown,
+}
+
+/// A censored least-squares fit of one plane: its cells, the completed samples (clipped and
+/// unknown ones replaced by the fit's prediction where that is past them) and their data
+/// term `A_yᵀ Y A_x`.
+struct PlaneFit {
+    cells: Vec<f32>,
+    completed: Vec<f32>,
+    data: Vec<f32>,
+}
+
+impl Problem {
+    /// Fits `observed` (fitted samples, with what each says) from and towards `prior`.
+    /// Each of `refits` rounds completes the samples from the current fit and solves again
+    /// (an EM iteration for censored data; each round lowers the censored objective).
+    fn fit_censored(&self, observed: &[f32], kinds: &[Sample], prior: &[f32], refits: usize) -> PlaneFit {
+        let mut completed = observed.to_vec();
+        let mut data = self.data_term(&completed);
+        let mut cells = self.solve(&data, prior, prior.to_vec());
+        let any_censored = kinds.iter().any(|&k| k != Sample::Exact);
+        for _ in 0..if any_censored { refits } else { 0 } {
+            let predicted = self.predict(&cells);
+            for (i, &kind) in kinds.iter().enumerate() {
+                completed[i] = match kind {
+                    Sample::Exact => observed[i],
+                    Sample::AtMost => predicted[i].min(observed[i]),
+                    Sample::AtLeast => predicted[i].max(observed[i]),
+                    Sample::Unknown => predicted[i],
+                };
+            }
+            data = self.data_term(&completed);
+            cells = self.solve(&data, prior, cells);
+        }
+        PlaneFit { cells, completed, data }
+    }
+
+    fn residual_of(&self, fit: &PlaneFit) -> f64 {
+        self.squared_residual(&fit.cells, &fit.data, fit.completed.iter().map(|&v| f64::from(v * v)).sum())
+    }
+}
+
+/// Fits `model` to `image` under `grid`, on every `stride`-th pixel of each axis, from and
+/// pulled towards `prior`.
+///
+/// A single (summed) plane is fitted by plain least squares. The four planes of an image
+/// are fitted with what 8-bit storage did to them undone as far as it can be (`refits`
+/// rounds, see [`Problem::fit_censored`]); otherwise plain least squares reads the clipped
+/// overshoot of an interpolating kernel as less blur than there is:
+/// - alpha is clipped at transparent and opaque;
+/// - straight colour is clipped at black and white (so premultiplied colour at 0 and at
+///   the pixel's alpha), and says nothing where the pixel is stored fully transparent.
+///   Where alpha overshot past opaque, resizers divide by the clipped alpha, which leaves
+///   the stored premultiplied colour the kernel's sum, as the model has it.
+///
+/// The residual is taken against the completed samples, so a model is not blamed for
+/// values the image could not hold.
+fn fit(image: &Planes, grid: &Grid, model: BlurModel, prior: &Planes, stride: (u32, u32), refits: usize) -> Fit {
+    let problem = Problem::new(grid, image.width, image.height, model, stride);
+    let samples = |c: usize| problem.samples(&image.planes[c], image.width);
+    let fits: Vec<PlaneFit> = if image.planes.len() == 4 {
+        let bound = 0.5 / 255.0;
+        let alpha = samples(3);
+        let alpha_kinds: Vec<Sample> = alpha
+            .iter()
+            .map(|&a| if a <= bound { Sample::AtMost } else if a >= 1.0 - bound { Sample::AtLeast } else { Sample::Exact })
+            .collect();
+        let alpha_fit = problem.fit_censored(&alpha, &alpha_kinds, &prior.planes[3], refits);
+        let mut fits: Vec<PlaneFit> = (0..3)
+            .map(|c| {
+                let premultiplied = samples(c);
+                let (mut observed, mut kinds) = (Vec::with_capacity(alpha.len()), Vec::with_capacity(alpha.len()));
+                for i in 0..alpha.len() {
+                    if alpha[i] <= bound {
+                        observed.push(0.0);
+                        kinds.push(Sample::Unknown);
+                        continue;
+                    }
+                    let straight = premultiplied[i] / alpha[i];
+                    observed.push(premultiplied[i]);
+                    kinds.push(if straight <= bound {
+                        Sample::AtMost
+                    } else if straight >= 1.0 - bound {
+                        Sample::AtLeast
+                    } else {
+                        Sample::Exact
+                    });
+                }
+                problem.fit_censored(&observed, &kinds, &prior.planes[c], refits)
+            })
+            .collect();
+        fits.push(alpha_fit);
+        fits
+    } else {
+        image.planes.iter().zip(&prior.planes).map(|(plane, prior)| problem.fit_censored(&problem.samples(plane, image.width), &[], prior, 0)).collect()
+    };
+    let interior = problem.samples(&image.interior, image.width);
+    let use_interior = image.planes.len() == 4 && interior.iter().filter(|&&v| v > 0.0).count() >= MIN_INTERIOR_SAMPLES;
+    let (total, count) = if use_interior {
+        fits.iter().fold((0.0f64, 0usize), |(total, count), f| {
+            let predicted = problem.predict(&f.cells);
+            let inside = (0..predicted.len()).filter(|&i| interior[i] > 0.0);
+            inside.fold((total, count), |(t, n), i| (t + f64::from((predicted[i] - f.completed[i]).powi(2)), n + 1))
+        })
+    } else {
+        (fits.iter().map(|f| problem.residual_of(f)).sum(), problem.ax.pixel.len() * problem.ay.pixel.len() * image.planes.len())
+    };
+    Fit { model, cells: fits.into_iter().map(|f| f.cells).collect(), residual: (total.max(0.0) / count.max(1) as f64) as f32 }
+}
+
+/// Refits the colour and alpha of `cells` (reduced from `img` under `grid`) when the image
+/// was upscaled by an interpolating kernel, and returns the model used.
+///
+/// Every model of [`MODELS`] is fitted to the sum of the channels. When the best
+/// interpolating model's residual is within [`MAX_INTERPOLATED_RESIDUAL_RATIO`] of the best
+/// nearest-neighbour one's, the blur reaches into every cell's interior and the cells are
+/// refitted, all four channels, under that model. Otherwise (`None`) cell interiors are
+/// clean, at most their edges are soft, and the robust colours stay.
+pub fn refine(img: &RgbaImage, grid: &Grid, cells: &mut CellColours) -> Option<BlurModel> {
+    let (cols, rows) = (grid.cols() as usize, grid.rows() as usize);
+    if cols == 0 || rows == 0 || img.width() == 0 || img.height() == 0 {
+        return None;
+    }
+    let image = Planes::premultiplied(img);
+    let prior = {
+        let mut planes: Vec<Vec<f32>> = (0..4).map(|_| Vec::with_capacity(cols * rows)).collect();
+        for (colour, &alpha) in cells.colour.iter().zip(&cells.alpha) {
+            let a = alpha / 255.0;
+            let rgb = oklab_to_linear(*colour).map(|v| linear_to_srgb(v.clamp(0.0, 1.0)));
+            for c in 0..3 {
+                planes[c].push(rgb[c] * a);
+            }
+            planes[3].push(a);
+        }
+        Planes { width: cols, height: rows, planes, interior: vec![] }
+    };
+    let stride = |cell: f32| ((cell / SELECTION_SAMPLES_PER_CELL).floor() as u32).max(1);
+    let selection_stride = (stride(grid.cell_width), stride(grid.cell_height));
+    // Which family: on the summed plane, plain least squares (cheap; censoring barely
+    // moves the gap between hard and smooth cell edges).
+    let (summed, summed_prior) = (image.summed(), prior.summed());
+    let least = |fits: &mut dyn Iterator<Item = Fit>| fits.min_by(|a, b| a.residual.total_cmp(&b.residual));
+    let family = |nearest: bool| {
+        least(&mut MODELS.iter().filter(|m| (m.kernel == Kernel::Nearest) == nearest).map(|&m| fit(&summed, grid, m, &summed_prior, selection_stride, 0)))
+    };
+    let (nearest, interpolated) = (family(true)?, family(false)?);
+    if interpolated.residual > MAX_INTERPOLATED_RESIDUAL_RATIO * nearest.residual {
+        return None;
+    }
+    // Which kernel and blur: on all four planes with clipped samples censored, since
+    // clipping biases plain least squares towards too little blur.
+    let model = least(&mut MODELS.iter().filter(|m| m.kernel != Kernel::Nearest).map(|&m| fit(&image, grid, m, &prior, selection_stride, 1)))?.model;
+    let refit = fit(&image, grid, model, &prior, (1, 1), CENSORED_REFITS);
+    // The cells' spread stands for their noise (see `cell_noise`): a fitted cell has no
+    // interior of its own, so it is the OKLab size of the fit's residual at its colour.
+    let noise = refit.residual.sqrt();
+    for i in 0..cols * rows {
+        let a = refit.cells[3][i].clamp(0.0, 1.0);
+        cells.alpha[i] = a * 255.0;
+        if a >= MIN_FITTED_ALPHA {
+            let srgb = [0, 1, 2].map(|c| (refit.cells[c][i] / a).clamp(0.0, 1.0));
+            let oklab = |shift: f32| linear_to_oklab(srgb.map(|v| srgb_to_linear((v + shift).clamp(0.0, 1.0))));
+            cells.colour[i] = oklab(0.0);
+            cells.spread[i] = cells.colour[i].dist(oklab(if srgb.iter().all(|&v| v + noise <= 1.0) { noise } else { -noise }));
+        }
+    }
+    Some(model)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::colour::oklab_to_srgb8;
+    use crate::decoder::reduce_cells;
+    use crate::degrade::{degrade, DegradeConfig, Degraded};
+    use crate::rng::rng_from_seed;
+    use proptest::prelude::*;
+    use rand::Rng;
+
+    /// A sprite whose every pixel draws its own colour from a few (the hardest case for
+    /// a blur: no two neighbours need agree), inside a transparent one-pixel margin.
+    fn sprite(cols: u32, rows: u32, seed: u64) -> RgbaImage {
+        let mut rng = rng_from_seed(seed);
+        let palette: Vec<[u8; 3]> = (0..5).map(|_| [rng.random(), rng.random(), rng.random()]).collect();
+        RgbaImage::from_fn(cols, rows, |x, y| {
+            if x == 0 || y == 0 || x == cols - 1 || y == rows - 1 {
+                image::Rgba([0, 0, 0, 0])
+            } else {
+                let [r, g, b] = palette[rng.random_range(0..palette.len())];
+                image::Rgba([r, g, b, 255])
+            }
+        })
+    }
+
+    fn upscale(clean: &RgbaImage, kernel: Kernel, scale: f32, blur: f32, seed: u64) -> Degraded {
+        let cfg = DegradeConfig {
+            scale: [scale, scale],
+            kernels: vec![kernel],
+            blur_probability: if blur > 0.0 { 1.0 } else { 0.0 },
+            blur_sigma: [blur, blur],
+            ..DegradeConfig::default()
+        };
+        degrade(clean, &cfg, seed)
+    }
+
+    /// The grid the degradation drew, with its outer lines on the image borders.
+    fn true_grid(d: &Degraded) -> Grid {
+        let g = &d.params.grid;
+        let clamp = |lines: &[f32], len: u32| lines.iter().map(|&l| l.clamp(0.0, len as f32)).collect::<Vec<_>>();
+        Grid {
+            x_lines: clamp(&g.x_lines, g.width),
+            y_lines: clamp(&g.y_lines, g.height),
+            cell_width: g.scale_x,
+            cell_height: g.scale_y,
+            phase_x: 0.0,
+            phase_y: 0.0,
+            confidence_x: 1.0,
+            confidence_y: 1.0,
+        }
+    }
+
+    /// A dense copy of an axis operator: fitted pixels x cells.
+    fn dense(op: &AxisOperator) -> Vec<Vec<f32>> {
+        (0..op.pixel.len())
+            .map(|i| {
+                let (first, w) = op.row(i);
+                let mut row = vec![0.0; op.cells];
+                row[first..first + w.len()].copy_from_slice(w);
+                row
+            })
+            .collect()
+    }
+
+    fn lines_from(widths: &[f32], start: f32) -> Vec<f32> {
+        std::iter::once(start).chain(widths.iter().scan(start, |x, w| { *x += w; Some(*x) })).collect()
+    }
+
+    proptest! {
+        /// Every kernel's weights and the gaussian sum to one, and clamping at the grid's
+        /// ends keeps the sum: each fitted pixel is a weighted mean of cells (to 1e-5).
+        #[test]
+        fn every_fitted_pixel_is_a_weighted_mean_of_cells(
+            widths in proptest::collection::vec(1.5f32..9.0, 1..12),
+            start in 0.0f32..3.0,
+            model_index in 0..MODELS.len(),
+        ) {
+            let lines = lines_from(&widths, start);
+            let len = lines[lines.len() - 1].ceil() as u32 + 2;
+            let op = AxisOperator::new(&lines, len, MODELS[model_index], 1);
+            prop_assert!(!op.pixel.is_empty());
+            for i in 0..op.pixel.len() {
+                let (first, w) = op.row(i);
+                prop_assert!(first + w.len() <= op.cells);
+                let sum: f32 = w.iter().sum();
+                prop_assert!((sum - 1.0).abs() < 1e-5, "pixel {} sums to {}", op.pixel[i], sum);
+            }
+        }
+
+        /// The banded normal operator equals `A_yᵀA_y X A_xᵀA_x + λX` done with dense
+        /// matrices (to 1e-4 of the largest entry).
+        #[test]
+        fn normal_operator_equals_dense_products(
+            x_widths in proptest::collection::vec(1.5f32..6.0, 1..7),
+            y_widths in proptest::collection::vec(1.5f32..6.0, 1..7),
+            model_index in 0..MODELS.len(),
+            ridge in 0.0f32..1.0,
+            seed in any::<u64>(),
+        ) {
+            let (xl, yl) = (lines_from(&x_widths, 0.0), lines_from(&y_widths, 0.0));
+            let model = MODELS[model_index];
+            let ax = AxisOperator::new(&xl, xl[xl.len() - 1].ceil() as u32, model, 1);
+            let ay = AxisOperator::new(&yl, yl[yl.len() - 1].ceil() as u32, model, 1);
+            let (cols, rows) = (ax.cells, ay.cells);
+            let mut rng = rng_from_seed(seed);
+            let x: Vec<f32> = (0..rows * cols).map(|_| rng.random_range(-1.0..1.0)).collect();
+            let (mut tmp, mut out) = (vec![0.0; x.len()], vec![0.0; x.len()]);
+            normal_operator(&ay.gram(), &ax.gram(), ridge, &x, &mut tmp, &mut out);
+            let gram = |a: &[Vec<f32>], n: usize| -> Vec<Vec<f32>> {
+                (0..n).map(|i| (0..n).map(|j| a.iter().map(|r| r[i] * r[j]).sum()).collect()).collect()
+            };
+            let (gx, gy) = (gram(&dense(&ax), cols), gram(&dense(&ay), rows));
+            for j in 0..rows {
+                for i in 0..cols {
+                    let mut expected = ridge * x[j * cols + i];
+                    for k in 0..rows {
+                        for l in 0..cols {
+                            expected += gy[j][k] * x[k * cols + l] * gx[l][i];
+                        }
+                    }
+                    let got = out[j * cols + i];
+                    prop_assert!((got - expected).abs() < 1e-4 * expected.abs().max(1.0), "({}, {}): {} vs {}", j, i, got, expected);
+                }
+            }
+        }
+    }
+
+    /// Noise-free bicubic upscales (2-5x, with and without blur) of sprites whose pixels
+    /// are all independent. The fit names bicubic and a blur within 0.35 of the truth, puts
+    /// every cell's alpha on the right side of 128, and its mean channel error (of 255) is
+    /// under 1/2.5 of the robust colours', and under 2 without blur. Measured: 1.7 and 1.1
+    /// without blur (robust colours: 12.6, 8.1), 1.0-8.1 with (3.6-28.3). With blur it is not
+    /// exact because resizers clip overshoot before they blur, which no linear model follows.
+    #[test]
+    fn bicubic_upscales_are_undone() {
+        for (i, &(scale, blur)) in [(2.0, 0.0), (4.0, 0.0), (3.0, 0.5), (5.0, 0.8), (2.0, 0.6), (4.0, 1.0)].iter().enumerate() {
+            let clean = sprite(12, 10, i as u64);
+            let degraded = upscale(&clean, Kernel::Bicubic, scale, blur, i as u64);
+            let grid = true_grid(&degraded);
+            let mut cells = reduce_cells(&degraded.image, &grid);
+            let robust = cells.clone();
+            let model = refine(&degraded.image, &grid, &mut cells).expect("a bicubic model");
+            assert_eq!(model.kernel, Kernel::Bicubic, "scale {scale} blur {blur}");
+            assert!((model.sigma - blur).abs() <= 0.35, "scale {scale} blur {blur}: fitted blur {}", model.sigma);
+            let mean_error = |c: &CellColours| -> f32 {
+                let (mut sum, mut count) = (0.0, 0);
+                for (k, p) in clean.pixels().enumerate() {
+                    assert_eq!(c.alpha[k] >= 128.0, p[3] == 255, "scale {scale} blur {blur}: alpha of cell {k} is {}", c.alpha[k]);
+                    if p[3] == 255 {
+                        let got = oklab_to_srgb8(c.colour[k]);
+                        sum += (0..3).map(|ch| f32::from(got[ch].abs_diff(p[ch]))).sum::<f32>();
+                        count += 3;
+                    }
+                }
+                sum / count as f32
+            };
+            let (fitted, before) = (mean_error(&cells), mean_error(&robust));
+            eprintln!("scale {scale} blur {blur}: mean channel error {fitted:.2}, robust colours {before:.2}");
+            assert!(fitted <= before / 2.5, "scale {scale} blur {blur}: mean channel error {fitted} (robust colours {before})");
+            assert!(blur > 0.0 || fitted <= 2.0, "scale {scale}: mean channel error {fitted}");
+        }
+    }
+
+    /// Nearest-neighbour upscales, sharp or with soft edges, keep the robust colours.
+    #[test]
+    fn nearest_upscales_keep_the_robust_colours() {
+        for (i, soft) in [0.0f32, 1.5].into_iter().enumerate() {
+            let clean = sprite(12, 10, 10 + i as u64);
+            let cfg = DegradeConfig {
+                scale: [6.0, 6.0],
+                soft_edge_probability: if soft > 0.0 { 1.0 } else { 0.0 },
+                soft_edge: [soft, soft],
+                ..DegradeConfig::default()
+            };
+            let degraded = degrade(&clean, &cfg, i as u64);
+            let grid = true_grid(&degraded);
+            let mut cells = reduce_cells(&degraded.image, &grid);
+            let robust = cells.clone();
+            assert_eq!(refine(&degraded.image, &grid, &mut cells), None, "soft edge {soft}");
+            assert_eq!(cells, robust);
+        }
+    }
+}
