@@ -32,7 +32,7 @@
 
 use super::CellColours;
 use crate::colour::{linear_to_oklab, linear_to_srgb, oklab_to_linear, srgb_to_linear};
-use crate::degrade::Kernel;
+use crate::degrade::{taps, Kernel, Taps};
 use crate::grid::Grid;
 use image::RgbaImage;
 use serde::Serialize;
@@ -89,7 +89,7 @@ const INTERIOR_RADIUS: usize = 2;
 /// Fewer interior samples than this: models are compared on all samples.
 const MIN_INTERIOR_SAMPLES: usize = 64;
 /// Conjugate-gradient stopping rule: relative residual norm, and an iteration cap.
-const CG_TOLERANCE: f32 = 1e-4;
+const CG_TOLERANCE: f32 = 1e-3;
 const CG_MAX_ITERATIONS: usize = 60;
 /// Below this alpha (0-1) a fitted cell's colour is too faint to unpremultiply: it keeps
 /// its robust colour.
@@ -118,7 +118,7 @@ impl AxisOperator {
         // Pixels outside the grid belong to cells it does not have: they are not fitted.
         let (lo, hi) = (lines[0], lines[cells]);
         let lines = extended_lines(lines);
-        let upscaled: Vec<Vec<(usize, f32)>> = (0..len).map(|q| upscale_taps(&lines, q as f32 + 0.5, model.kernel)).collect();
+        let upscaled: Vec<Taps> = (0..len).map(|q| upscale_taps(&lines, q as f32 + 0.5, model.kernel)).collect();
         let blur = gaussian(model.sigma);
         let radius = (blur.len() / 2) as i64;
         let mut op = AxisOperator { cells, pixel: vec![], first: vec![], span: vec![0], weights: vec![] };
@@ -132,7 +132,9 @@ impl AxisOperator {
             for (t, &g) in blur.iter().enumerate() {
                 // Clamp to edge, as the blur that made the image did.
                 let q = (i64::from(p) + t as i64 - radius).clamp(0, i64::from(len) - 1) as usize;
-                for &(cell, w) in &upscaled[q] {
+                let taps = &upscaled[q];
+                for (k, &w) in taps.weights[..taps.len].iter().enumerate() {
+                    let cell = (taps.first + k as i32).clamp(0, cells as i32 - 1) as usize;
                     scratch[cell] += g * w;
                     min = min.min(cell);
                     max = max.max(cell);
@@ -180,29 +182,16 @@ fn extended_lines(lines: &[f32]) -> Vec<f32> {
     out
 }
 
-/// The cells screen coordinate `x` draws from under `kernel`, with their weights (cells
-/// clamped to the grid, as the upscale clamps to the sprite's edge).
-fn upscale_taps(lines: &[f32], x: f32, kernel: Kernel) -> Vec<(usize, f32)> {
+/// The cells screen coordinate `x` draws from under `kernel`: the degradation's own taps
+/// (cell indices may fall outside the grid; they are clamped when used, as the upscale
+/// clamps to the sprite's edge).
+fn upscale_taps(lines: &[f32], x: f32, kernel: Kernel) -> Taps {
     let cells = lines.len() - 1;
     // The cell x lies in (the edge cell's width extrapolates outside), then the continuous
     // art coordinate, cell i spanning [i, i + 1).
     let cell = lines.partition_point(|&l| l <= x).saturating_sub(1).min(cells - 1);
-    let u = cell as f32 + (x - lines[cell]) / (lines[cell + 1] - lines[cell]).max(f32::EPSILON);
-    let clamp = |i: i64| i.clamp(0, cells as i64 - 1) as usize;
-    if kernel == Kernel::Nearest {
-        return vec![(clamp(u.floor() as i64), 1.0)];
-    }
-    let centre = u - 0.5;
-    let base = centre.floor();
-    let radius = kernel.radius();
-    let taps: Vec<(usize, f32)> = (0..2 * radius)
-        .map(|k| {
-            let offset = k - (radius - 1);
-            (clamp(base as i64 + i64::from(offset)), kernel.weight(centre - base - offset as f32))
-        })
-        .collect();
-    let total: f32 = taps.iter().map(|t| t.1).sum();
-    taps.into_iter().map(|(c, w)| (c, w / total)).collect()
+    let width = (lines[cell + 1] - lines[cell]).max(f32::EPSILON);
+    taps(kernel, 0.0, cell as f32 + (x - lines[cell]) / width, width)
 }
 
 /// A normalised gaussian of `sigma` pixels out to 3 sigma; `[1]` for no blur.
@@ -315,27 +304,51 @@ impl Planes {
             planes[3].push(a);
         }
         let (w, h) = (img.width() as usize, img.height() as usize);
-        let opaque = |x: usize, y: usize| img.get_pixel(x as u32, y as u32)[3] == 255;
-        let r = INTERIOR_RADIUS;
-        let interior = (0..w * h)
-            .map(|i| {
-                let (x, y) = (i % w, i / w);
-                let all = (y.saturating_sub(r)..=(y + r).min(h - 1)).all(|yy| (x.saturating_sub(r)..=(x + r).min(w - 1)).all(|xx| opaque(xx, yy)));
-                if all { 1.0 } else { 0.0 }
-            })
-            .collect();
+        let opaque: Vec<bool> = img.pixels().map(|p| p[3] == 255).collect();
+        let across = all_within(&opaque, w, h, 1, w, INTERIOR_RADIUS);
+        let interior = all_within(&across, h, w, w, 1, INTERIOR_RADIUS).into_iter().map(|v| if v { 1.0 } else { 0.0 }).collect();
         Planes { width: w, height: h, planes, interior }
     }
 
-    /// One plane, the sum of all: the model is linear and the same for every channel, so
-    /// the sum obeys it too, at a quarter of the cost of fitting all four.
-    fn summed(&self) -> Self {
+    /// One plane, the sum of the four premultiplied ones: the model is linear and the same
+    /// for every channel, so the sum obeys it too, at a quarter of the cost of all four.
+    fn summed(img: &RgbaImage) -> Self {
+        let planes = vec![img
+            .pixels()
+            .map(|p| {
+                let a = f32::from(p[3]) / 255.0;
+                (f32::from(p[0]) + f32::from(p[1]) + f32::from(p[2])) / 255.0 * a + a
+            })
+            .collect()];
+        Planes { width: img.width() as usize, height: img.height() as usize, planes, interior: vec![] }
+    }
+
+    /// The sum of the planes (of cells, for the summed image's prior).
+    fn sum_of_planes(&self) -> Self {
         let mut sum = self.planes[0].clone();
         for plane in &self.planes[1..] {
             sum.iter_mut().zip(plane).for_each(|(s, v)| *s += v);
         }
-        Planes { width: self.width, height: self.height, planes: vec![sum], interior: self.interior.clone() }
+        Planes { width: self.width, height: self.height, planes: vec![sum], interior: vec![] }
     }
+}
+
+/// Along one axis of a `lines` x `len` array (element `(line, i)` at
+/// `line * line_step + i * step`): whether every element within `radius` of each is set.
+fn all_within(set: &[bool], len: usize, lines: usize, step: usize, line_step: usize, radius: usize) -> Vec<bool> {
+    let mut out = vec![false; set.len()];
+    let mut prefix = vec![0usize; len + 1];
+    for line in 0..lines {
+        let at = |i: usize| line * line_step + i * step;
+        for i in 0..len {
+            prefix[i + 1] = prefix[i] + usize::from(set[at(i)]);
+        }
+        for i in 0..len {
+            let (lo, hi) = (i.saturating_sub(radius), (i + radius).min(len - 1));
+            out[at(i)] = prefix[hi + 1] - prefix[lo] == hi - lo + 1;
+        }
+    }
+    out
 }
 
 /// One model's least-squares problem on one grid: the axis operators, their Gram
@@ -458,10 +471,10 @@ impl Problem {
     /// Fits `observed` (fitted samples, with what each says) from and towards `prior`.
     /// Each of `refits` rounds completes the samples from the current fit and solves again
     /// (an EM iteration for censored data; each round lowers the censored objective).
-    fn fit_censored(&self, observed: &[f32], kinds: &[Sample], prior: &[f32], refits: usize) -> PlaneFit {
+    fn fit_censored(&self, observed: &[f32], kinds: &[Sample], prior: &[f32], start: &[f32], refits: usize) -> PlaneFit {
         let mut completed = observed.to_vec();
         let mut data = self.data_term(&completed);
-        let mut cells = self.solve(&data, prior, prior.to_vec());
+        let mut cells = self.solve(&data, prior, start.to_vec());
         let any_censored = kinds.iter().any(|&k| k != Sample::Exact);
         for _ in 0..if any_censored { refits } else { 0 } {
             let predicted = self.predict(&cells);
@@ -499,7 +512,7 @@ impl Problem {
 ///
 /// The residual is taken against the completed samples, so a model is not blamed for
 /// values the image could not hold.
-fn fit(image: &Planes, grid: &Grid, model: BlurModel, prior: &Planes, stride: (u32, u32), refits: usize) -> Fit {
+fn fit(image: &Planes, grid: &Grid, model: BlurModel, prior: &Planes, start: &Planes, stride: (u32, u32), refits: usize) -> Fit {
     let problem = Problem::new(grid, image.width, image.height, model, stride);
     let samples = |c: usize| problem.samples(&image.planes[c], image.width);
     let fits: Vec<PlaneFit> = if image.planes.len() == 4 {
@@ -509,7 +522,7 @@ fn fit(image: &Planes, grid: &Grid, model: BlurModel, prior: &Planes, stride: (u
             .iter()
             .map(|&a| if a <= bound { Sample::AtMost } else if a >= 1.0 - bound { Sample::AtLeast } else { Sample::Exact })
             .collect();
-        let alpha_fit = problem.fit_censored(&alpha, &alpha_kinds, &prior.planes[3], refits);
+        let alpha_fit = problem.fit_censored(&alpha, &alpha_kinds, &prior.planes[3], &start.planes[3], refits);
         let mut fits: Vec<PlaneFit> = (0..3)
             .map(|c| {
                 let premultiplied = samples(c);
@@ -530,16 +543,16 @@ fn fit(image: &Planes, grid: &Grid, model: BlurModel, prior: &Planes, stride: (u
                         Sample::Exact
                     });
                 }
-                problem.fit_censored(&observed, &kinds, &prior.planes[c], refits)
+                problem.fit_censored(&observed, &kinds, &prior.planes[c], &start.planes[c], refits)
             })
             .collect();
         fits.push(alpha_fit);
         fits
     } else {
-        image.planes.iter().zip(&prior.planes).map(|(plane, prior)| problem.fit_censored(&problem.samples(plane, image.width), &[], prior, 0)).collect()
+        image.planes.iter().zip(&prior.planes).zip(&start.planes).map(|((plane, prior), start)| problem.fit_censored(&problem.samples(plane, image.width), &[], prior, start, 0)).collect()
     };
-    let interior = problem.samples(&image.interior, image.width);
-    let use_interior = image.planes.len() == 4 && interior.iter().filter(|&&v| v > 0.0).count() >= MIN_INTERIOR_SAMPLES;
+    let interior = if image.interior.is_empty() { vec![] } else { problem.samples(&image.interior, image.width) };
+    let use_interior = interior.iter().filter(|&&v| v > 0.0).count() >= MIN_INTERIOR_SAMPLES;
     let (total, count) = if use_interior {
         fits.iter().fold((0.0f64, 0usize), |(total, count), f| {
             let predicted = problem.predict(&f.cells);
@@ -565,7 +578,6 @@ pub fn refine(img: &RgbaImage, grid: &Grid, cells: &mut CellColours) -> Option<B
     if cols == 0 || rows == 0 || img.width() == 0 || img.height() == 0 {
         return None;
     }
-    let image = Planes::premultiplied(img);
     let prior = {
         let mut planes: Vec<Vec<f32>> = (0..4).map(|_| Vec::with_capacity(cols * rows)).collect();
         for (colour, &alpha) in cells.colour.iter().zip(&cells.alpha) {
@@ -582,10 +594,10 @@ pub fn refine(img: &RgbaImage, grid: &Grid, cells: &mut CellColours) -> Option<B
     let selection_stride = (stride(grid.cell_width), stride(grid.cell_height));
     // Which family: on the summed plane, plain least squares (cheap; censoring barely
     // moves the gap between hard and smooth cell edges).
-    let (summed, summed_prior) = (image.summed(), prior.summed());
+    let (summed, summed_prior) = (Planes::summed(img), prior.sum_of_planes());
     let least = |fits: &mut dyn Iterator<Item = Fit>| fits.min_by(|a, b| a.residual.total_cmp(&b.residual));
     let family = |nearest: bool| {
-        least(&mut MODELS.iter().filter(|m| (m.kernel == Kernel::Nearest) == nearest).map(|&m| fit(&summed, grid, m, &summed_prior, selection_stride, 0)))
+        least(&mut MODELS.iter().filter(|m| (m.kernel == Kernel::Nearest) == nearest).map(|&m| fit(&summed, grid, m, &summed_prior, &summed_prior, selection_stride, 0)))
     };
     let (nearest, interpolated) = (family(true)?, family(false)?);
     if interpolated.residual > MAX_INTERPOLATED_RESIDUAL_RATIO * nearest.residual {
@@ -593,8 +605,20 @@ pub fn refine(img: &RgbaImage, grid: &Grid, cells: &mut CellColours) -> Option<B
     }
     // Which kernel and blur: on all four planes with clipped samples censored, since
     // clipping biases plain least squares towards too little blur.
-    let model = least(&mut MODELS.iter().filter(|m| m.kernel != Kernel::Nearest).map(|&m| fit(&image, grid, m, &prior, selection_stride, 1)))?.model;
-    let refit = fit(&image, grid, model, &prior, (1, 1), CENSORED_REFITS);
+    let image = Planes::premultiplied(img);
+    // Each fit starts from the previous one (the models come in order of blur).
+    let mut best: Option<Fit> = None;
+    let mut start = Planes { width: cols, height: rows, planes: prior.planes.clone(), interior: vec![] };
+    for &m in MODELS.iter().filter(|m| m.kernel != Kernel::Nearest) {
+        let candidate = fit(&image, grid, m, &prior, &start, selection_stride, 1);
+        start.planes.clone_from(&candidate.cells);
+        if best.as_ref().is_none_or(|b| candidate.residual < b.residual) {
+            best = Some(candidate);
+        }
+    }
+    let best = best?;
+    let refit = fit(&image, grid, best.model, &prior, &Planes { width: cols, height: rows, planes: best.cells, interior: vec![] }, (1, 1), CENSORED_REFITS);
+    let model = best.model;
     // The cells' spread stands for their noise (see `cell_noise`): a fitted cell has no
     // interior of its own, so it is the OKLab size of the fit's residual at its colour.
     let noise = refit.residual.sqrt();

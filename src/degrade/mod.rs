@@ -89,6 +89,7 @@ pub use params::{
     MAX_BLUR_SIGMA, MAX_SCALE, MAX_SIDE,
 };
 pub use resample::Kernel;
+pub(crate) use resample::{taps, Taps};
 
 /// What can be wrong with a preset name, a config or params read back from a manifest.
 #[derive(Debug, thiserror::Error)]

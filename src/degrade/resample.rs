@@ -75,12 +75,12 @@ const MAX_TAPS: usize = 6;
 /// The art pixels one screen coordinate draws from along one axis, and their weights
 /// (indices may fall outside the sprite; they are clamped when read).
 #[derive(Clone, Copy, Debug)]
-struct Taps {
-    first: i32,
+pub(crate) struct Taps {
+    pub(crate) first: i32,
     /// The art pixel the screen coordinate lies in, whose colour an invisible result keeps.
     nearest: i32,
-    len: usize,
-    weights: [f32; MAX_TAPS],
+    pub(crate) len: usize,
+    pub(crate) weights: [f32; MAX_TAPS],
 }
 
 impl Taps {
@@ -135,7 +135,7 @@ fn neighbour_weight(distance: f32, half_width: f32) -> f32 {
     1.0 - t * t * (3.0 - 2.0 * t)
 }
 
-fn taps(kernel: Kernel, soft_half_width: f32, u: f32, cell_width: f32) -> Taps {
+pub(crate) fn taps(kernel: Kernel, soft_half_width: f32, u: f32, cell_width: f32) -> Taps {
     let nearest_index = floor_to_i32(u);
     match kernel {
         Kernel::Nearest if soft_half_width > 0.0 => {
