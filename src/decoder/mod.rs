@@ -6,7 +6,10 @@
 //!    ([`reduce_cells`]): only pixels whose centres lie at least [`CELL_MARGIN`] of the cell
 //!    size inside the cell are used (soft edges and wobbling lines stay out), weighted by a
 //!    tent that favours the centre, and each OKLab channel and alpha is the weighted median
-//!    (outliers from noise and JPEG ringing do not move a median);
+//!    (outliers from noise and JPEG ringing do not move a median); when the image was
+//!    upscaled by an interpolating kernel (bicubic and the like, often blurred too), no
+//!    interior pixel shows its cell's colour, and [`deconvolve`] refits the cells by
+//!    undoing that upscale and blur;
 //! 2. snaps the colours of the opaque cells to a palette ([`crate::palette`]): chosen
 //!    automatically by clustering in OKLab, limited to N colours, or given by the user.
 //!    The automatic palette merges colours closer than [`NOISE_MERGE_FACTOR`] times the
