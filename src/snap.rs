@@ -31,7 +31,13 @@ pub struct Restored {
 pub fn restore(image: &RgbaImage, opts: &SnapOptions) -> Result<Restored, GridError> {
     let grid = analyse(image, &opts.grid)?;
     let mut cells = reduce_cells(image, &grid);
-    let blur = deconvolve::refine(image, &grid, &mut cells);
-    let decoded = decode(&cells, &opts.decode);
-    Ok(Restored { image: decoded.image, grid, palette: decoded.palette, blur })
+    let fitted = deconvolve::refine(image, &grid, &mut cells);
+    let mut decoded = decode(&cells, &opts.decode);
+    if let Some(fitted) = &fitted {
+        // Stray removal is a decision against the image's evidence; reassigning would undo it.
+        if !opts.decode.remove_strays && fitted.reassign(&mut decoded.image, &decoded.palette) > 0 {
+            decoded.palette.retain(|c| decoded.image.pixels().any(|p| p[3] > 0 && p.0[..3] == c[..]));
+        }
+    }
+    Ok(Restored { image: decoded.image, grid, palette: decoded.palette, blur: fitted.map(|f| f.model) })
 }

@@ -67,13 +67,13 @@ fn clean_nearest_upscales_restore_exactly() {
 
 #[test]
 fn seed_and_ai_grids_are_found() {
-    // Measured: right size seed 23/24, ai 24/24; exact seed 3/24 (0/24 before the decoder
+    // Measured: right size seed 23/24, ai 24/24; exact seed 6/24 (0/24 before the decoder
     // undid bicubic blur; most of the rest is the learned models' job), ai 9/24.
     let (seed_right, seed_exact) = shares(Preset::Seed, 24);
     let (ai_right, ai_exact) = shares(Preset::Ai, 24);
     eprintln!("right size: seed {seed_right:.3}, ai {ai_right:.3}; exact: seed {seed_exact:.3}, ai {ai_exact:.3}");
     assert!(seed_right >= 22.0 / 24.0, "seed right size {seed_right}");
     assert!(ai_right >= 23.0 / 24.0, "ai right size {ai_right}");
-    assert!(seed_exact >= 2.0 / 24.0, "seed exact {seed_exact}");
+    assert!(seed_exact >= 4.0 / 24.0, "seed exact {seed_exact}");
     assert!(ai_exact >= 8.0 / 24.0, "ai exact {ai_exact}");
 }
