@@ -19,8 +19,8 @@
 //! blur reaches into every cell's interior and is undone; otherwise cell interiors are
 //! clean, at most their edges are soft, and the robust colours stay (a median resists noise
 //! and JPEG ringing better than a least-squares fit). Then the kernel and blur, by the least
-//! residual; all models have the same unknowns, one colour per cell, so their residuals
-//! compare fairly.
+//! residual inside the opaque area; all models have the same unknowns, one colour per cell,
+//! so their residuals compare fairly.
 //!
 //! The image was stored in 8 bits, so where an interpolating kernel overshot past black,
 //! white, transparent or opaque the samples are clipped: they are treated as censored
@@ -503,8 +503,8 @@ impl Problem {
     }
 }
 
-/// Fits `model` to `image` under `grid`, on every `stride`-th pixel of each axis, from and
-/// pulled towards `prior`.
+/// Fits `model` to `image` under `grid`, on every `stride`-th pixel of each axis, starting
+/// from `start` and pulled towards `prior`.
 ///
 /// A single (summed) plane is fitted by plain least squares. The four planes of an image
 /// are fitted with what 8-bit storage did to them undone as far as it can be (`refits`
@@ -517,7 +517,8 @@ impl Problem {
 ///   the stored premultiplied colour the kernel's sum, as the model has it.
 ///
 /// The residual is taken against the completed samples, so a model is not blamed for
-/// values the image could not hold.
+/// values the image could not hold, and on the four planes only over pixels at least
+/// [`INTERIOR_RADIUS`] inside the opaque area, when there are [`MIN_INTERIOR_SAMPLES`].
 fn fit(image: &Planes, grid: &Grid, model: BlurModel, prior: &Planes, start: &Planes, stride: (u32, u32), refits: usize) -> Fit {
     let problem = Problem::new(grid, image.width, image.height, model, stride);
     let samples = |c: usize| problem.samples(&image.planes[c], image.width);

@@ -32,7 +32,7 @@ impl Kernel {
     pub const ALL: [Kernel; 4] = [Kernel::Nearest, Kernel::Bilinear, Kernel::Bicubic, Kernel::Lanczos3];
 
     /// Half the support in art pixels for the interpolating kernels.
-    pub(crate) fn radius(self) -> i32 {
+    fn radius(self) -> i32 {
         match self {
             Kernel::Nearest | Kernel::Bilinear => 1,
             Kernel::Bicubic => 2,
@@ -41,7 +41,7 @@ impl Kernel {
     }
 
     /// Weight of an art pixel centre at distance `d` (art pixels) from the sample point.
-    pub(crate) fn weight(self, d: f32) -> f32 {
+    fn weight(self, d: f32) -> f32 {
         let d = d.abs();
         match self {
             Kernel::Nearest | Kernel::Bilinear => (1.0 - d).max(0.0),
