@@ -295,17 +295,22 @@ struct Planes {
     interior: Vec<f32>,
 }
 
+/// An 8-bit straight RGBA pixel as premultiplied sRGB in [0, 1], the space of the model.
+fn premultiplied([r, g, b, a]: [u8; 4]) -> [f32; 4] {
+    let alpha = f32::from(a) / 255.0;
+    let channel = |v: u8| f32::from(v) / 255.0 * alpha;
+    [channel(r), channel(g), channel(b), alpha]
+}
+
 impl Planes {
     /// The image as four premultiplied sRGB planes in [0, 1].
     fn premultiplied(img: &RgbaImage) -> Self {
         let n = (img.width() * img.height()) as usize;
         let mut planes: Vec<Vec<f32>> = (0..4).map(|_| Vec::with_capacity(n)).collect();
         for p in img.pixels() {
-            let a = f32::from(p[3]) / 255.0;
-            for c in 0..3 {
-                planes[c].push(f32::from(p[c]) / 255.0 * a);
+            for (plane, v) in planes.iter_mut().zip(premultiplied(p.0)) {
+                plane.push(v);
             }
-            planes[3].push(a);
         }
         let (w, h) = (img.width() as usize, img.height() as usize);
         let opaque: Vec<bool> = img.pixels().map(|p| p[3] == 255).collect();
@@ -317,13 +322,7 @@ impl Planes {
     /// One plane, the sum of the four premultiplied ones: the model is linear and the same
     /// for every channel, so the sum obeys it too, at a quarter of the cost of all four.
     fn summed(img: &RgbaImage) -> Self {
-        let planes = vec![img
-            .pixels()
-            .map(|p| {
-                let a = f32::from(p[3]) / 255.0;
-                (f32::from(p[0]) + f32::from(p[1]) + f32::from(p[2])) / 255.0 * a + a
-            })
-            .collect()];
+        let planes = vec![img.pixels().map(|p| premultiplied(p.0).iter().sum()).collect()];
         Planes { width: img.width() as usize, height: img.height() as usize, planes, interior: vec![] }
     }
 
@@ -671,12 +670,8 @@ impl BlurFit {
         if palette.is_empty() || sprite.dimensions() != (cols as u32, rows as u32) {
             return 0;
         }
-        let premultiplied = |rgb: [u8; 3], alpha: u8| {
-            let a = f32::from(alpha) / 255.0;
-            [f32::from(rgb[0]) / 255.0 * a, f32::from(rgb[1]) / 255.0 * a, f32::from(rgb[2]) / 255.0 * a, a]
-        };
-        let mut cells: Vec<[f32; 4]> = sprite.pixels().map(|p| premultiplied([p[0], p[1], p[2]], p[3])).collect();
-        let candidates: Vec<[f32; 4]> = palette.iter().map(|&c| premultiplied(c, 255)).collect();
+        let mut cells: Vec<[f32; 4]> = sprite.pixels().map(|p| premultiplied(p.0)).collect();
+        let candidates: Vec<[f32; 4]> = palette.iter().map(|&[r, g, b]| premultiplied([r, g, b, 255])).collect();
         let mut residual: Vec<Vec<f32>> = (0..4)
             .map(|c| {
                 let plane: Vec<f32> = cells.iter().map(|v| v[c]).collect();
