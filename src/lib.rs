@@ -6,6 +6,7 @@
 //!
 //! Modules, one job each:
 //! - [`alloc`]: allocator tuning for training and batch restoring.
+//! - [`threads`]: thread-pool tuning (candle's pool beside rayon's) for the binary and benchmarks.
 //! - [`batch`]: expanding inputs and planning outputs for batch restoration.
 //! - [`io`]: reading every supported image format into RGBA8 with clear errors, and
 //!   atomic PNG writing.
@@ -48,5 +49,6 @@ pub mod rng;
 pub mod snap;
 pub mod split;
 pub mod stablesr;
+pub mod threads;
 pub mod train;
 pub mod weights;

@@ -8,7 +8,8 @@
 //! with the ratio ours / PyTorch.
 
 use candle_core::{Device, Tensor, Var};
-use candle_nn::{AdamW, Optimizer, ParamsAdamW, VarBuilder, VarMap};
+use candle_nn::{VarBuilder, VarMap};
+use spritedx::train::optim::{AdamW, AdamWConfig};
 use spritedx::nn::conv::Conv3x3;
 use spritedx::nn::norm::{group_norm_silu, reference_group_norm_silu};
 use std::time::Instant;
@@ -105,8 +106,11 @@ impl Net {
 
 fn main() -> candle_core::Result<()> {
     spritedx::alloc::keep_freed_memory();
+    spritedx::threads::limit_candle_pool_spinning();
     let quick = std::env::var_os("SPRITEDX_BENCH_QUICK").is_some();
-    let runs = if quick { 1 } else { 7 };
+    // 15: on this shared 2-core machine single runs vary by 30%; medians of 7 still moved
+    // the full step's ratio between 1.39x and 1.85x from one run of the bench to the next.
+    let runs = if quick { 1 } else { 15 };
     let (n, h, w, c) = (16, 32, 32, 64);
     let dev = Device::Cpu;
     let x_nhwc = Var::from_tensor(&Tensor::randn(0f32, 1.0, (n, h, w, c), &dev)?)?;
@@ -122,9 +126,9 @@ fn main() -> candle_core::Result<()> {
         let varmap = VarMap::new();
         let net = Net::new(VarBuilder::from_varmap(&varmap, candle_core::DType::F32, &dev))?;
         let target = Tensor::randn(0f32, 1.0, (n, h, w, c), &dev)?;
-        let mut opt = AdamW::new(varmap.all_vars(), ParamsAdamW { lr: 1e-3, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.01 })?;
+        let mut opt = adamw(&varmap)?;
         for _ in 0..steps {
-            opt.backward_step(&net.forward(x_nhwc.as_tensor())?.sub(&target)?.sqr()?.mean_all()?)?;
+            opt.step(&net.forward(x_nhwc.as_tensor())?.sub(&target)?.sqr()?.mean_all()?.backward()?)?;
         }
         return Ok(());
     }
@@ -162,26 +166,14 @@ fn main() -> candle_core::Result<()> {
     let net = Net::new(VarBuilder::from_varmap(&varmap, candle_core::DType::F32, &dev))?;
     let target = Tensor::randn(0f32, 1.0, (n, h, w, c), &dev)?;
     let params: usize = varmap.all_vars().iter().map(|v| v.elem_count()).sum();
-    let mut opt = AdamW::new(varmap.all_vars(), ParamsAdamW { lr: 1e-3, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.01 })?;
+    let mut opt = adamw(&varmap)?;
     let loss = |x: &Tensor| net.forward(x).unwrap().sub(&target).unwrap().sqr().unwrap().mean_all().unwrap();
-    let net_fwd = median_ms(runs, || {
-        loss(x_nhwc.as_tensor());
+    let grads = loss(x_nhwc.as_tensor()).backward()?;
+    let optimizer_step = median_ms(runs, || {
+        opt.step(&grads).unwrap();
     });
-    let net_bwd = {
-        let mut times = Vec::new();
-        for _ in 0..runs + 1 {
-            let l = loss(x_nhwc.as_tensor());
-            let t = Instant::now();
-            l.backward().unwrap();
-            times.push(t.elapsed().as_secs_f64() * 1e3);
-        }
-        times.remove(0); // warm-up
-        times.sort_by(f64::total_cmp);
-        times[runs / 2]
-    };
-    let net_step = median_ms(runs, || {
-        opt.backward_step(&loss(x_nhwc.as_tensor())).unwrap();
-    });
+    let net = training_times(runs, || loss(x_nhwc.as_tensor()), &mut opt);
+    let restorers = restorer_nets(runs)?;
     println!("conv3x3 {c}->{c} on {n}x{h}x{w} (f32, {} threads), median of {runs}", rayon::current_num_threads());
     println!("{:<28} {:>10} {:>10} {:>8}", "", "ours ms", "candle ms", "ratio");
     println!("{:<28} {:>10.1} {:>10.1} {:>7.2}x", "forward", ours_fwd, candle_fwd, candle_fwd / ours_fwd);
@@ -190,10 +182,17 @@ fn main() -> candle_core::Result<()> {
     println!("{:<28} {:>10.1} {:>10.1} {:>7.2}x", "forward", gn_fused_fwd, gn_ref_fwd, gn_ref_fwd / gn_fused_fwd);
     println!("{:<28} {:>10.1} {:>10.1} {:>7.2}x", "forward + backward", gn_fused_step, gn_ref_step, gn_ref_step / gn_fused_step);
     println!("net of bench/pytorch/train_ops.py ({params} parameters), MSE + AdamW, ours (NHWC ops):");
-    println!("{:<28} {:>10.1}", "forward ms", net_fwd);
-    println!("{:<28} {:>10.1}", "backward ms", net_bwd);
-    println!("{:<28} {:>10.1}", "full step ms", net_step);
-    match pytorch_times() {
+    println!("{:<28} {:>10.1}", "forward ms", net.forward);
+    println!("{:<28} {:>10.1}", "backward ms", net.backward);
+    println!("{:<28} {:>10.1}", "AdamW update ms", optimizer_step);
+    println!("{:<28} {:>10.1}", "full step ms", net.step);
+    for (name, params, times, _) in &restorers {
+        println!("{name} restorer network ({params} trainable parameters), batch 16 of 16x16 cells, MSE + AdamW:");
+        println!("{:<28} {:>10.1}", "forward ms", times.forward);
+        println!("{:<28} {:>10.1}", "backward ms", times.backward);
+        println!("{:<28} {:>10.1}", "full step ms", times.step);
+    }
+    match pytorch_times(runs) {
         Ok(torch) => {
             let t = |path: &[&str]| path.iter().fold(&torch, |v, k| &v[*k]).as_f64().unwrap_or(f64::NAN);
             println!("side by side with PyTorch {} on {} threads (ratio = ours / PyTorch; the goal is <= 1.5x):", torch["torch"], torch["threads"]);
@@ -203,9 +202,9 @@ fn main() -> candle_core::Result<()> {
                 ("conv3x3 forward + backward", ours_step, t(&["ops", "conv3x3 channels_last", "forward_backward_ms"])),
                 ("GroupNorm+SiLU forward", gn_fused_fwd, t(&["ops", "GroupNorm(8)+SiLU chan_last", "forward_ms"])),
                 ("GroupNorm+SiLU forward + backward", gn_fused_step, t(&["ops", "GroupNorm(8)+SiLU chan_last", "forward_backward_ms"])),
-                ("net forward", net_fwd, t(&["net", "forward_ms"])),
-                ("net backward", net_bwd, t(&["net", "backward_ms"])),
-                ("net full step", net_step, t(&["net", "step_ms"])),
+                ("net forward", net.forward, t(&["net", "forward_ms"])),
+                ("net backward", net.backward, t(&["net", "backward_ms"])),
+                ("net full step", net.step, t(&["net", "step_ms"])),
             ];
             for (name, ours, torch) in rows {
                 println!("{name:<34} {ours:>10.1} {torch:>10.1} {:>7.2}x", ours / torch);
@@ -213,24 +212,154 @@ fn main() -> candle_core::Result<()> {
         }
         Err(why) => println!("PyTorch side skipped: {why}"),
     }
+    let pytorch_restorers = pytorch_json("restorer_nets.py", runs).and_then(|torch| {
+        check_pytorch_manifests(&restorers[0].3, &restorers[1].3).map_err(|why| format!("its networks are not ours: {why}"))?;
+        Ok(torch)
+    });
+    match pytorch_restorers {
+        Ok(torch) => {
+            println!("the restorer networks side by side with PyTorch {} (bench/pytorch/restorer_nets.py):", torch["torch"]);
+            println!("{:<34} {:>10} {:>10} {:>8}", "", "ours ms", "torch ms", "ratio");
+            for (name, _, ours, _) in &restorers {
+                let theirs = &torch["nets"][*name];
+                for (what, ours, key) in [("forward", ours.forward, "forward_ms"), ("backward", ours.backward, "backward_ms"), ("full step", ours.step, "step_ms")] {
+                    let torch_ms = theirs[key].as_f64().unwrap_or(f64::NAN);
+                    println!("{:<34} {ours:>10.1} {torch_ms:>10.1} {:>7.2}x", format!("{name} {what}"), ours / torch_ms);
+                }
+            }
+        }
+        Err(why) => println!("PyTorch side of the restorer networks skipped: {why}"),
+    }
     Ok(())
 }
 
+/// The training command's AdamW over the net's variables, with PyTorch's hyper-parameters
+/// in bench/pytorch/train_ops.py (no gradient clipping there either).
+fn adamw(varmap: &VarMap) -> candle_core::Result<AdamW> {
+    adamw_without(varmap, "\0")
+}
+
+/// [`adamw`] over the variables whose names do not start with `frozen`.
+fn adamw_without(varmap: &VarMap, frozen: &str) -> candle_core::Result<AdamW> {
+    let mut vars: Vec<(String, Var)> = varmap.data().lock().unwrap().iter().filter(|(k, _)| !k.starts_with(frozen)).map(|(k, v)| (k.clone(), v.clone())).collect();
+    vars.sort_by(|a, b| a.0.cmp(&b.0));
+    AdamW::new(vars, AdamWConfig { lr: 1e-3, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.01, clip_grad_norm: 0.0 })
+}
+
+/// Median forward, backward and full AdamW step of a training loss, in ms.
+struct TrainingTimes {
+    forward: f64,
+    backward: f64,
+    step: f64,
+}
+
+fn training_times(runs: usize, loss: impl Fn() -> Tensor, opt: &mut AdamW) -> TrainingTimes {
+    let forward = median_ms(runs, || {
+        loss();
+    });
+    let mut times = Vec::new();
+    for _ in 0..runs + 1 {
+        let l = loss();
+        let t = Instant::now();
+        l.backward().unwrap();
+        times.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    times.remove(0); // warm-up
+    times.sort_by(f64::total_cmp);
+    let backward = times[runs / 2];
+    let step = median_ms(runs, || {
+        opt.step(&loss().backward().unwrap()).unwrap();
+    });
+    TrainingTimes { forward, backward, step }
+}
+
+/// The learned restorers' trainable networks as the training command builds them from the
+/// shipped configs, on its default batch (16 patches of 16x16 cells, factor 4): the fast
+/// model (`FastRestorer::forward`) and the diffusion model's network
+/// (`DiffusionRestorer::predict`; its frozen base model is not run, its prediction is an
+/// input). MSE against a random target, as bench/pytorch/restorer_nets.py does.
+///
+/// Also returns each network's parameter manifest (`name [d0, d1, ...]` a line, sorted), which
+/// restorer_nets.py checks its own networks against.
+fn restorer_nets(runs: usize) -> candle_core::Result<Vec<(&'static str, usize, TrainingTimes, String)>> {
+    use spritedx::pixel_restorer::{DiffusionRestorer, FastRestorer, PixelRestorerConfig};
+    let dev = Device::Cpu;
+    let config = |dir: &str| -> PixelRestorerConfig {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../checkpoints").join(dir).join("config.json");
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))).unwrap()
+    };
+    let (b, cells) = (16, 16);
+    let input = Tensor::randn(0f32, 1.0, (b, 64, cells, cells), &dev)?;
+    let target = Tensor::randn(0f32, 1.0, (b, 4, cells, cells), &dev)?;
+    let mut out = Vec::new();
+
+    let varmap = VarMap::new();
+    let fast = FastRestorer::new(VarBuilder::from_varmap(&varmap, candle_core::DType::F32, &dev), &config("pixel-restorer-fast"))?;
+    let mut opt = adamw(&varmap)?;
+    let params = opt.parameter_count();
+    let times = training_times(runs, || fast.forward(&input).unwrap().sub(&target).unwrap().sqr().unwrap().mean_all().unwrap(), &mut opt);
+    out.push(("fast", params, times, manifest(&varmap, "\0")));
+
+    let varmap = VarMap::new();
+    let diffusion = DiffusionRestorer::new(VarBuilder::from_varmap(&varmap, candle_core::DType::F32, &dev), &config("pixel-restorer")).map_err(candle_core::Error::msg)?;
+    let mut opt = adamw_without(&varmap, "base.")?;
+    let params = opt.parameter_count();
+    let (x_t, base) = (Tensor::randn(0f32, 1.0, (b, 4, cells, cells), &dev)?, Tensor::randn(0f32, 1.0, (b, 4, cells, cells), &dev)?);
+    let t = Tensor::from_vec((0..b).map(|i| (i * 61 % 1000) as f32).collect::<Vec<_>>(), b, &dev)?;
+    let loss = || diffusion.predict(&x_t, &t, &input, Some(&base)).unwrap().sub(&target).unwrap().sqr().unwrap().mean_all().unwrap();
+    let times = training_times(runs, loss, &mut opt);
+    out.push(("diffusion", params, times, manifest(&varmap, "base.")));
+    Ok(out)
+}
+
+/// `name [d0, d1, ...]` per variable not under `frozen`, sorted by name, one a line.
+fn manifest(varmap: &VarMap, frozen: &str) -> String {
+    let mut lines: Vec<String> = varmap.data().lock().unwrap().iter().filter(|(k, _)| !k.starts_with(frozen)).map(|(k, v)| format!("{k} {:?}\n", v.dims())).collect();
+    lines.sort();
+    lines.concat()
+}
+
+/// Whether restorer_nets.py's networks have exactly our parameter names and shapes: Ok, or
+/// what its `--check-manifest` printed.
+fn check_pytorch_manifests(fast: &str, diffusion: &str) -> Result<(), String> {
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let (fast_path, diffusion_path) = (dir.path().join("fast.txt"), dir.path().join("diffusion.txt"));
+    std::fs::write(&fast_path, fast).and_then(|_| std::fs::write(&diffusion_path, diffusion)).map_err(|e| e.to_string())?;
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("pytorch");
+    let out = std::process::Command::new(root.join(".venv/bin/python"))
+        .arg(root.join("restorer_nets.py"))
+        .arg("--check-manifest")
+        .args([&fast_path, &diffusion_path])
+        .output()
+        .map_err(|e| e.to_string())?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+    }
+}
+
 /// Runs bench/pytorch/train_ops.py on this process's thread count and returns its JSON.
-fn pytorch_times() -> Result<serde_json::Value, String> {
+fn pytorch_times(runs: usize) -> Result<serde_json::Value, String> {
+    pytorch_json("train_ops.py", runs)
+}
+
+/// Runs bench/pytorch/SCRIPT with `--json` on this process's thread count and returns its JSON.
+fn pytorch_json(script: &str, runs: usize) -> Result<serde_json::Value, String> {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("pytorch");
     let python = root.join(".venv/bin/python");
     if !python.exists() {
         return Err(format!("{} not found (run `bash bench/pytorch/setup.sh`)", python.display()));
     }
     let out = std::process::Command::new(&python)
-        .arg(root.join("train_ops.py"))
+        .arg(root.join(script))
         .arg("--json")
         .env("BENCH_THREADS", rayon::current_num_threads().to_string())
+        .env("BENCH_RUNS", runs.to_string())
         .output()
         .map_err(|e| format!("running {}: {e}", python.display()))?;
     if !out.status.success() {
-        return Err(format!("train_ops.py failed: {}", String::from_utf8_lossy(&out.stderr)));
+        return Err(format!("{script} failed: {}", String::from_utf8_lossy(&out.stderr)));
     }
-    serde_json::from_slice(&out.stdout).map_err(|e| format!("train_ops.py printed no JSON: {e}"))
+    serde_json::from_slice(&out.stdout).map_err(|e| format!("{script} printed no JSON: {e}"))
 }

@@ -1,8 +1,8 @@
 """PyTorch reference times for bench/benches/train_ops.rs, plus one training step of the
 restorer-sized net that the Rust side will later be compared against.
 
-Same measurements as train_ops.rs: CPU, f32, median of 7 runs after one warm-up, on
-BENCH_THREADS threads (default 2). With --json the results go to stdout as one JSON object
+Same measurements as train_ops.rs: CPU, f32, median of BENCH_RUNS runs (default 15) after
+one warm-up, on BENCH_THREADS threads (default 2). With --json the results go to stdout as one JSON object
 (train_ops.rs runs this script that way and prints both sides with their ratios).
 "forward + backward" is forward, sum(out), then gradients for every input that candle treats
 as a Var (x and the kernel; x, gamma and beta). torch.autograd.grad is used rather than
@@ -41,7 +41,7 @@ import torch  # noqa: E402
 import torch.nn as nn  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-RUNS = 7
+RUNS = int(os.environ.get("BENCH_RUNS", "15"))
 
 
 def median_ms(f, setup=None):

@@ -5,11 +5,17 @@
 //! (zero outside the image). The convolution is then `columns.matmul(weight)` with the
 //! weight stored as `(9*C_in, C_out)`. The backward of `im2col` is `col2im`, which sums
 //! each column entry back onto the input pixel it came from (written as a gather, so it
-//! parallelises without atomics); the backward of `col2im` is `im2col`. Autograd composes
-//! them with the matmul's own backward, so the convolution's input gradient is one matmul
-//! and one `col2im`, and its weight gradient one matmul.
+//! parallelises without atomics); the backward of `col2im` is `im2col`.
+//!
+//! [`Conv3x3`] runs the whole convolution as one op with its own backward rather than
+//! letting autograd differentiate `im2col` then `matmul`: autograd would store the
+//! columns' gradient (9x the input) through a fresh zero tensor and an addition, which cost
+//! as much as the matmuls. The weight gradient is `im2col(x)ᵀ · dy` (the columns are
+//! recomputed, cheaper than keeping them); at stride 1 the input gradient is itself a 3x3
+//! convolution of `dy` with the kernel flipped and its channel axes swapped, at larger
+//! strides `col2im(dy · Wᵀ)`.
 
-use candle_core::{backend::BackendStorage, CpuStorage, CustomOp1, DType, Layout, Result, Shape, Tensor, WithDType};
+use candle_core::{backend::BackendStorage, CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor, WithDType};
 use rayon::prelude::*;
 
 /// Geometry of an NHWC input and the stride of the 3x3 window over it.
@@ -144,6 +150,113 @@ impl CustomOp1 for Col2Im3x3 {
     }
 }
 
+/// The whole convolution `im2col(x) · W (+ bias)`, `x` `(N, H, W, C_in)`, `W`
+/// `(9*C_in, C_out)` and the bias `(C_out,)`, with the backward of the module docs. A
+/// [`CustomOp2`] without bias, a [`CustomOp3`] with it.
+struct Conv3x3Op {
+    stride: usize,
+}
+
+impl Conv3x3Op {
+    const NAME: &'static str = "conv3x3";
+
+    fn forward(&self, x: &CpuStorage, x_layout: &Layout, w: &CpuStorage, w_layout: &Layout, bias: Option<(&CpuStorage, &Layout)>) -> Result<(CpuStorage, Shape)> {
+        let (n, h, wd, c) = x_layout.shape().dims4()?;
+        let (k, c_out) = w_layout.shape().dims2()?;
+        if k != 9 * c {
+            candle_core::bail!("conv3x3: a weight of {k}x{c_out} does not fit {c} input channels (expected {}x{c_out})", 9 * c);
+        }
+        let g = Geometry { n, h, w: wd, c, stride: self.stride };
+        let cols = match x.dtype() {
+            DType::F32 => CpuStorage::F32(im2col(super::contiguous_slice::<f32>(x, x_layout, Self::NAME)?, g)),
+            DType::F64 => CpuStorage::F64(im2col(super::contiguous_slice::<f64>(x, x_layout, Self::NAME)?, g)),
+            other => candle_core::bail!("conv3x3 supports f32 and f64, not {other:?}"),
+        };
+        let rows = g.out_pixels();
+        let mut y = cols.matmul(w, (1, rows, c_out, k), &Layout::contiguous((rows, k)), w_layout)?;
+        if let Some((b, b_layout)) = bias {
+            if b_layout.shape().elem_count() != c_out {
+                candle_core::bail!("conv3x3: {} bias entries for {c_out} output channels", b_layout.shape().elem_count());
+            }
+            match &mut y {
+                CpuStorage::F32(y) => super::bias::add_to_rows(y, super::contiguous_slice(b, b_layout, Self::NAME)?),
+                CpuStorage::F64(y) => super::bias::add_to_rows(y, super::contiguous_slice(b, b_layout, Self::NAME)?),
+                _ => unreachable!("the matmul of f32 or f64 columns"),
+            }
+        }
+        let (oh, ow) = g.out_hw();
+        Ok((y, Shape::from((n, oh, ow, c_out))))
+    }
+
+    /// The gradients of the input, the weight and (when there is one) the bias.
+    fn backward(&self, x: &Tensor, w: &Tensor, grad_res: &Tensor, with_bias: bool) -> Result<(Tensor, Tensor, Option<Tensor>)> {
+        // Detached: these products are gradients, not part of the graph being differentiated.
+        let (x, w) = (x.detach(), w.detach());
+        let (n, h, wd, c) = x.dims4()?;
+        let c_out = w.dim(1)?;
+        let dy = grad_res.contiguous()?;
+        let dy_rows = dy.reshape(((), c_out))?;
+        let grad_w = im2col3x3(&x, self.stride)?.t()?.matmul(&dy_rows)?;
+        let grad_x = if self.stride == 1 {
+            // grad_x[y, x, i] = sum over (ky, kx, o) of dy[y + 1 - ky, x + 1 - kx, o] W[ky, kx, i, o]:
+            // a convolution of dy whose offset (2 - ky, 2 - kx) carries W[ky, kx]ᵀ. Reversing
+            // the nine offsets flips both axes.
+            let reversed = Tensor::new(&[8u32, 7, 6, 5, 4, 3, 2, 1, 0], w.device())?;
+            let flipped = w.reshape((9, c, c_out))?.index_select(&reversed, 0)?.transpose(1, 2)?.contiguous()?.reshape((9 * c_out, c))?;
+            im2col3x3(&dy, 1)?.matmul(&flipped)?.reshape((n, h, wd, c))?
+        } else {
+            let g = Geometry { n, h, w: wd, c, stride: self.stride };
+            dy_rows.matmul(&w.t()?)?.apply_op1(Col2Im3x3(g))?
+        };
+        let grad_bias = if with_bias { Some(super::bias::sum_rows(&dy_rows)?) } else { None };
+        Ok((grad_x, grad_w, grad_bias))
+    }
+}
+
+impl CustomOp2 for Conv3x3Op {
+    fn name(&self) -> &'static str {
+        Self::NAME
+    }
+
+    fn cpu_fwd(&self, x: &CpuStorage, x_layout: &Layout, w: &CpuStorage, w_layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        self.forward(x, x_layout, w, w_layout, None)
+    }
+
+    fn bwd(&self, x: &Tensor, w: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let (grad_x, grad_w, _) = self.backward(x, w, grad_res, false)?;
+        Ok((Some(grad_x), Some(grad_w)))
+    }
+}
+
+impl CustomOp3 for Conv3x3Op {
+    fn name(&self) -> &'static str {
+        Self::NAME
+    }
+
+    fn cpu_fwd(&self, x: &CpuStorage, x_layout: &Layout, w: &CpuStorage, w_layout: &Layout, b: &CpuStorage, b_layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        self.forward(x, x_layout, w, w_layout, Some((b, b_layout)))
+    }
+
+    fn bwd(&self, x: &Tensor, w: &Tensor, b: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (grad_x, grad_w, grad_b) = self.backward(x, w, grad_res, true)?;
+        Ok((Some(grad_x), Some(grad_w), grad_b.map(|g| g.reshape(b.shape())).transpose()?))
+    }
+}
+
+/// A 3x3 convolution (zero padding 1) of NHWC `x` `(N, H, W, C_in)` with `weight`
+/// `(9*C_in, C_out)` (the layout of [`Conv3x3::weight_from_oihw`]) plus an optional `bias`
+/// `(C_out,)`: `(N, OH, OW, C_out)`. Differentiable in all three; CPU only, f32 or f64.
+pub fn conv3x3(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, stride: usize) -> Result<Tensor> {
+    if stride == 0 {
+        candle_core::bail!("conv3x3: the stride must be at least 1");
+    }
+    let (x, weight) = (x.contiguous()?, weight.contiguous()?);
+    match bias {
+        Some(b) => x.apply_op3(&weight, &b.contiguous()?, Conv3x3Op { stride }),
+        None => x.apply_op2(&weight, Conv3x3Op { stride }),
+    }
+}
+
 /// The 3x3 neighbourhoods (zero padding 1) of an NHWC tensor at the given stride, as
 /// `(N*OH*OW, 9*C)` columns (differentiable).
 pub fn im2col3x3(x: &Tensor, stride: usize) -> Result<Tensor> {
@@ -186,14 +299,7 @@ impl Conv3x3 {
 
     /// `x`: `(N, H, W, C_in)` -> `(N, OH, OW, C_out)`.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let (n, h, w, c) = x.dims4()?;
-        let (h, w) = Geometry { n, h, w, c, stride: self.stride }.out_hw();
-        let y = im2col3x3(x, self.stride)?.matmul(&self.weight)?;
-        let y = match &self.bias {
-            Some(b) => super::bias::add_bias(&y, b)?,
-            None => y,
-        };
-        y.reshape((n, h, w, self.weight.dim(1)?))
+        conv3x3(x, &self.weight, self.bias.as_ref(), self.stride)
     }
 }
 
@@ -246,21 +352,37 @@ mod tests {
     }
 
     #[test]
-    fn input_gradient_matches_finite_differences() {
+    fn input_and_weight_gradients_match_finite_differences() {
         // Central differences, step 1e-5, f64; tolerance 1e-6.
         let (x, k, b) = case(1, 3, 4, 2, 2, 3);
         let conv = Conv3x3 { weight: Conv3x3::weight_from_oihw(&k).unwrap(), bias: Some(b), stride: 1 };
         let r = randn((1, 3, 4, 2), 98);
         check_input_gradient(&x, |x| conv.forward(x).unwrap().mul(&r).unwrap().sum_all().unwrap(), 1e-6);
+        // The weight gradient too, at both strides (the op's own backward, not autograd's).
+        for stride in [1, 2] {
+            let r = randn(conv3x3(&x, &conv.weight, None, stride).unwrap().shape(), 97);
+            check_input_gradient(&conv.weight, |w| conv3x3(&x, w, None, stride).unwrap().mul(&r).unwrap().sum_all().unwrap(), 1e-6);
+        }
     }
 
     #[test]
-    fn f32_is_supported_and_other_dtypes_are_refused() {
+    fn f32_is_supported_and_other_dtypes_and_shapes_are_refused() {
         let x = Tensor::ones((1, 2, 2, 1), DType::F32, &Device::Cpu).unwrap();
         assert_eq!(im2col3x3(&x, 1).unwrap().dims(), &[4, 9]);
         assert_eq!(im2col3x3(&x, 2).unwrap().dims(), &[1, 9]);
+        let weight = Tensor::ones((9, 3), DType::F32, &Device::Cpu).unwrap();
+        assert_eq!(conv3x3(&x, &weight, None, 1).unwrap().dims(), &[1, 2, 2, 3]);
+        assert_eq!(conv3x3(&x, &weight, None, 2).unwrap().dims(), &[1, 1, 1, 3]);
         let bad = Tensor::ones((1, 2, 2, 1), DType::U8, &Device::Cpu).unwrap();
         assert!(im2col3x3(&bad, 1).is_err());
         assert!(im2col3x3(&x, 0).is_err());
+        assert!(conv3x3(&bad, &weight.to_dtype(DType::U8).unwrap(), None, 1).is_err());
+        assert!(conv3x3(&x, &weight, None, 0).is_err());
+        let wrong_weight = Tensor::ones((18, 3), DType::F32, &Device::Cpu).unwrap();
+        let err = conv3x3(&x, &wrong_weight, None, 1).unwrap_err().to_string();
+        assert!(err.contains("does not fit 1 input channels"), "{err}");
+        let wrong_bias = Tensor::ones(2, DType::F32, &Device::Cpu).unwrap();
+        let err = conv3x3(&x, &weight, Some(&wrong_bias), 1).unwrap_err().to_string();
+        assert!(err.contains("2 bias entries for 3 output channels"), "{err}");
     }
 }

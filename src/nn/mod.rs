@@ -7,8 +7,8 @@
 //! backward made of other ops, and is tested against candle's reference ops and against
 //! finite differences.
 //!
-//! - [`bias`]: adding a per-column bias to a matrix's rows: [`bias::add_bias`].
-//! - [`conv`]: 3x3 convolution, stride 1, zero padding 1, NHWC: [`conv::Conv3x3`].
+//! - [`bias`]: a convolution's bias, added in place, and its gradient (column sums).
+//! - [`conv`]: 3x3 convolution, zero padding 1, NHWC, with its own backward: [`conv::Conv3x3`].
 //! - [`norm`]: GroupNorm followed by SiLU, fused: [`norm::group_norm_silu`].
 //! - [`upsample`]: nearest 2x upsampling (NCHW) with a sum-pool backward: [`upsample::upsample_nearest_2x`].
 //! - [`shapes`]: recording the keys and shapes a module asks for, without allocating.

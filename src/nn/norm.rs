@@ -1,20 +1,27 @@
-//! GroupNorm followed by SiLU, fused, on NHWC tensors, with a hand-written backward.
+//! GroupNorm, alone or followed by SiLU, fused, on NHWC tensors, with a hand-written backward.
 //!
-//! `out = silu(gamma[c] * (x - mean_g) / sqrt(var_g + eps) + beta[c])`, the mean and the
-//! (biased) variance taken over each sample's group of `C / groups` channels and all pixels,
-//! as `torch.nn.GroupNorm` does. Composed from candle's small ops, the backward of this pair
-//! is a chain of a dozen kernels and costs many times the forward; here the forward is one
+//! `out = silu(gamma[c] * (x - mean_g) / sqrt(var_g + eps) + beta[c])`, or the same without
+//! `silu`, the mean and the (biased) variance taken over each sample's group of
+//! `C / groups` channels and all pixels, as `torch.nn.GroupNorm` does. Composed from
+//! candle's small ops, the backward costs many times the forward; here the forward is one
 //! statistics pass and one output pass, and the backward one statistics pass and one
 //! gradient pass, each parallel. Statistics are accumulated in f64.
+//!
+//! The per-pixel loops are compiled for AVX-512 and AVX2 as well as the baseline, and the
+//! best one the CPU has is picked at run time (`multiversion`): the binary is built for
+//! baseline x86-64, whose SSE2 lanes made this op 2-4x slower than PyTorch's.
 
 use candle_core::{backend::BackendStorage, CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor, WithDType};
+use multiversion::multiversion;
 use rayon::prelude::*;
 
 /// The fused op; `x` is `(N, H, W, C)`, `gamma` and `beta` are `(C,)`.
 #[derive(Clone, Copy, Debug)]
-pub struct GroupNormSilu {
-    pub groups: usize,
-    pub eps: f64,
+struct GroupNormOp {
+    groups: usize,
+    eps: f64,
+    /// Whether SiLU follows the normalisation.
+    silu: bool,
 }
 
 /// Per-(sample, group) mean and reciprocal standard deviation. Each sample is read once,
@@ -25,14 +32,7 @@ fn group_stats<T: WithDType>(x: &[T], n: usize, pixels: usize, c: usize, groups:
     (0..n)
         .into_par_iter()
         .flat_map_iter(|s| {
-            let (mut sum, mut sq) = (vec![0.0f64; c], vec![0.0f64; c]);
-            for pixel in x[s * pixels * c..(s + 1) * pixels * c].chunks(c) {
-                for ((a, b), &v) in sum.iter_mut().zip(sq.iter_mut()).zip(pixel) {
-                    let v = v.to_f64();
-                    *a += v;
-                    *b += v * v;
-                }
-            }
+            let (sum, sq) = channel_sums(&x[s * pixels * c..(s + 1) * pixels * c], c);
             (0..groups)
                 .map(|g| {
                     let mean = sum[g * cg..(g + 1) * cg].iter().sum::<f64>() / count;
@@ -44,6 +44,21 @@ fn group_stats<T: WithDType>(x: &[T], n: usize, pixels: usize, c: usize, groups:
         .collect()
 }
 
+/// Per-channel sums of the values and of their squares over one sample's pixels, in f64.
+#[multiversion(targets("x86_64+avx512f+avx512vl+avx512dq", "x86_64+avx2+fma"))]
+fn channel_sums<T: WithDType>(sample: &[T], c: usize) -> (Vec<f64>, Vec<f64>) {
+    let (mut sum, mut sq) = (vec![0.0f64; c], vec![0.0f64; c]);
+    for pixel in sample.chunks(c) {
+        for ((a, b), &v) in sum.iter_mut().zip(sq.iter_mut()).zip(pixel) {
+            let v = v.to_f64();
+            *a += v;
+            *b += v * v;
+        }
+    }
+    (sum, sq)
+}
+
+#[inline(always)]
 fn sigmoid(v: f64) -> f64 {
     1.0 / (1.0 + (-v).exp())
 }
@@ -53,31 +68,59 @@ fn sigmoid(v: f64) -> f64 {
 trait Element: WithDType {
     /// `silu(x * scale + shift)`.
     fn silu_affine(x: Self, scale: Self, shift: Self) -> Self;
+    /// x-hat, and the gradient before the affine map given the gradient after it (no SiLU).
+    #[inline(always)]
+    fn norm_grad_t(x: Self, mean: Self, rstd: Self, dout: Self) -> (Self, Self) {
+        ((x - mean) * rstd, dout)
+    }
     /// x-hat, and the gradient before SiLU given the gradient after it, with the group's
     /// mean and reciprocal standard deviation in the storage's precision.
     fn norm_silu_grad_t(x: Self, mean: Self, rstd: Self, gamma: Self, beta: Self, dout: Self) -> (Self, Self);
 }
 
+/// `e^x` in f32 from arithmetic alone, so that loops calling it vectorise (libm's `expf`
+/// is a call per element; it was most of the fused op's time). Cody-Waite reduction to
+/// `x = n ln 2 + r`, `|r| <= ln 2 / 2`, Cephes' degree-6 polynomial for `e^r`, and `2^n`
+/// built in the exponent bits. Relative error below 3e-7 (tested); arguments are clamped
+/// to [-87, 88], where the result stays a normal f32, which is all SiLU needs.
+#[inline(always)]
+fn exp_f32(x: f32) -> f32 {
+    // 1.5 * 2^23: adding and subtracting it rounds to the nearest integer, in SIMD lanes.
+    const ROUND: f32 = 12_582_912.0;
+    const LN2_HI: f32 = 0.693_359_4;
+    const LN2_LO: f32 = -2.121_944_4e-4;
+    let x = x.max(-87.0).min(88.0);
+    let n = (x * std::f32::consts::LOG2_E + ROUND) - ROUND;
+    let r = x - n * LN2_HI - n * LN2_LO;
+    let p = ((((1.987_569_1e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2) * r + 1.666_666_5e-1) * r + 5.000_000_1e-1;
+    let e_r = p * r * r + r + 1.0;
+    e_r * f32::from_bits(((n as i32 + 127) as u32) << 23)
+}
+
 impl Element for f32 {
+    #[inline(always)]
     fn silu_affine(x: f32, scale: f32, shift: f32) -> f32 {
         let y = x * scale + shift;
-        y / (1.0 + (-y).exp())
+        y / (1.0 + exp_f32(-y))
     }
 
+    #[inline(always)]
     fn norm_silu_grad_t(x: f32, mean: f32, rstd: f32, gamma: f32, beta: f32, dout: f32) -> (f32, f32) {
         let xhat = (x - mean) * rstd;
         let y = xhat * gamma + beta;
-        let s = 1.0 / (1.0 + (-y).exp());
+        let s = 1.0 / (1.0 + exp_f32(-y));
         (xhat, dout * (s + y * s * (1.0 - s)))
     }
 }
 
 impl Element for f64 {
+    #[inline(always)]
     fn silu_affine(x: f64, scale: f64, shift: f64) -> f64 {
         let y = x * scale + shift;
         y * sigmoid(y)
     }
 
+    #[inline(always)]
     fn norm_silu_grad_t(x: f64, mean: f64, rstd: f64, gamma: f64, beta: f64, dout: f64) -> (f64, f64) {
         let xhat = (x - mean) * rstd;
         let y = xhat * gamma + beta;
@@ -89,7 +132,7 @@ impl Element for f64 {
 /// The forward pass in the storage's own precision (statistics in f64). Per sample in
 /// parallel; normalisation and affine are folded into one scale and shift per channel, so
 /// the per-pixel loop is a zip over contiguous channels.
-fn forward<T: Element>(x: &[T], gamma: &[T], beta: &[T], (n, pixels, c): (usize, usize, usize), op: &GroupNormSilu) -> Vec<T> {
+fn forward<T: Element>(x: &[T], gamma: &[T], beta: &[T], (n, pixels, c): (usize, usize, usize), op: &GroupNormOp) -> Vec<T> {
     let stats = group_stats(x, n, pixels, c, op.groups, op.eps);
     let cg = c / op.groups;
     let sample_len = pixels * c;
@@ -102,27 +145,43 @@ fn forward<T: Element>(x: &[T], gamma: &[T], beta: &[T], (n, pixels, c): (usize,
                 (T::from_f64(scale), T::from_f64(beta[ch].to_f64() - mean * scale))
             })
             .unzip();
-        for (op, xp) in o.chunks_mut(c).zip(xs.chunks(c)) {
-            for (((out, &v), &a), &b) in op.iter_mut().zip(xp).zip(&scale).zip(&shift) {
-                *out = T::silu_affine(v, a, b);
-            }
+        if op.silu {
+            affine_pixels::<T, true>(o, xs, &scale, &shift);
+        } else {
+            affine_pixels::<T, false>(o, xs, &scale, &shift);
         }
     });
     out
 }
 
-impl GroupNormSilu {
+/// `out = x * scale + shift`, then SiLU when `SILU`, pixel by pixel, with per-channel
+/// `scale` and `shift`.
+#[multiversion(targets("x86_64+avx512f+avx512vl+avx512dq", "x86_64+avx2+fma"))]
+fn affine_pixels<T: Element, const SILU: bool>(out: &mut [T], x: &[T], scale: &[T], shift: &[T]) {
+    let c = scale.len();
+    for (op, xp) in out.chunks_mut(c).zip(x.chunks(c)) {
+        for (((out, &v), &a), &b) in op.iter_mut().zip(xp).zip(scale).zip(shift) {
+            *out = if SILU { T::silu_affine(v, a, b) } else { v * a + b };
+        }
+    }
+}
+
+impl GroupNormOp {
     fn check(&self, c: usize) -> Result<()> {
         if self.groups == 0 || c % self.groups != 0 {
-            candle_core::bail!("group_norm_silu: {c} channels do not split into {} groups", self.groups);
+            candle_core::bail!("group_norm: {c} channels do not split into {} groups", self.groups);
         }
         Ok(())
     }
 }
 
-impl CustomOp3 for GroupNormSilu {
+impl CustomOp3 for GroupNormOp {
     fn name(&self) -> &'static str {
-        "group_norm_silu"
+        if self.silu {
+            "group_norm_silu"
+        } else {
+            "group_norm"
+        }
     }
 
     fn cpu_fwd(
@@ -137,13 +196,13 @@ impl CustomOp3 for GroupNormSilu {
         let (n, h, w, c) = xl.shape().dims4()?;
         self.check(c)?;
         if gl.shape().elem_count() != c || bl.shape().elem_count() != c {
-            candle_core::bail!("group_norm_silu: gamma and beta need {c} entries");
+            candle_core::bail!("{}: gamma and beta need {c} entries", self.name());
         }
         let dims = (n, h * w, c);
         let out = match xs.dtype() {
             DType::F32 => CpuStorage::F32(forward(super::contiguous_slice::<f32>(xs, xl, self.name())?, super::contiguous_slice(gs, gl, self.name())?, super::contiguous_slice(bs, bl, self.name())?, dims, self)),
             DType::F64 => CpuStorage::F64(forward(super::contiguous_slice::<f64>(xs, xl, self.name())?, super::contiguous_slice(gs, gl, self.name())?, super::contiguous_slice(bs, bl, self.name())?, dims, self)),
-            other => candle_core::bail!("group_norm_silu supports f32 and f64, not {other:?}"),
+            other => candle_core::bail!("{} supports f32 and f64, not {other:?}", self.name()),
         };
         Ok((out, xl.shape().clone()))
     }
@@ -159,7 +218,7 @@ impl CustomOp3 for GroupNormSilu {
         // One op computes all three gradients, packed as [dx..., dgamma..., dbeta...].
         let c = gamma.elem_count();
         let params = Tensor::stack(&[gamma.flatten_all()?, beta.flatten_all()?], 0)?;
-        let packed = x.contiguous()?.apply_op3_no_bwd(&params, &grad.contiguous()?, &GroupNormSiluGrad(*self))?;
+        let packed = x.contiguous()?.apply_op3_no_bwd(&params, &grad.contiguous()?, &GroupNormGrad(*self))?;
         let len = x.elem_count();
         Ok((
             Some(packed.narrow(0, 0, len)?.reshape(x.shape())?),
@@ -169,19 +228,19 @@ impl CustomOp3 for GroupNormSilu {
     }
 }
 
-/// The backward of [`GroupNormSilu`]: inputs `x`, `[gamma; beta]` as `(2, C)` and the
+/// The backward of [`GroupNormOp`]: inputs `x`, `[gamma; beta]` as `(2, C)` and the
 /// output gradient; output the input, gamma and beta gradients packed in one vector.
-struct GroupNormSiluGrad(GroupNormSilu);
+struct GroupNormGrad(GroupNormOp);
 
-/// All three gradients: with `dy` the gradient before SiLU,
+/// All three gradients: with `dy` the gradient before SiLU (the output gradient without it),
 /// `dgamma = sum dy * xhat`, `dbeta = sum dy` (over samples and pixels), and
 /// `dx = rstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat))` per group, `dxhat = dy * gamma`.
 ///
 /// Work is per sample (parallel), and everything that depends only on the (sample,
 /// channel) is expanded into per-channel vectors first, so the per-pixel loops are plain
 /// zips over contiguous channels without divisions or table lookups (the compiler
-/// vectorises them, except the `exp`). Sums are accumulated in f64.
-fn backward<T: Element>(x: &[T], params: &[T], dout: &[T], (n, pixels, c): (usize, usize, usize), op: &GroupNormSilu) -> Vec<T> {
+/// vectorises them, `exp` included). Sums are accumulated in f64.
+fn backward<T: Element>(x: &[T], params: &[T], dout: &[T], (n, pixels, c): (usize, usize, usize), op: &GroupNormOp) -> Vec<T> {
     let (gamma, beta) = params.split_at(c);
     let groups = op.groups;
     let cg = c / groups;
@@ -203,19 +262,12 @@ fn backward<T: Element>(x: &[T], params: &[T], dout: &[T], (n, pixels, c): (usiz
             let rstd_t: Vec<T> = rstd.iter().map(|&r| T::from_f64(r)).collect();
             let mut xhat: Vec<T> = super::zeroed(sample_len);
             let mut dy: Vec<T> = super::zeroed(sample_len);
-            let (mut sum_dy, mut sum_dy_xhat) = (vec![0.0f64; c], vec![0.0f64; c]);
-            for (((xp, dp), (xh, d)), _) in x.chunks(c).zip(dout.chunks(c)).zip(xhat.chunks_mut(c).zip(dy.chunks_mut(c))).zip(0..pixels) {
-                for ch in 0..c {
-                    let (h, g) = T::norm_silu_grad_t(xp[ch], mean[ch], rstd_t[ch], gamma[ch], beta[ch], dp[ch]);
-                    xh[ch] = h;
-                    d[ch] = g;
-                }
-                for ((sd, sdx), (&g, &h)) in sum_dy.iter_mut().zip(sum_dy_xhat.iter_mut()).zip(d.iter().zip(xh.iter())) {
-                    let g = g.to_f64();
-                    *sd += g;
-                    *sdx += g * h.to_f64();
-                }
-            }
+            let params = (&mean[..], &rstd_t[..], gamma, beta);
+            let (sum_dy, sum_dy_xhat) = if op.silu {
+                pre_activation_gradient::<T, true>(x, dout, params, &mut xhat, &mut dy)
+            } else {
+                pre_activation_gradient::<T, false>(x, dout, params, &mut xhat, &mut dy)
+            };
             // dx = k1 * dy - k0 - k2 * xhat per channel, with the group means of dxhat and
             // dxhat * xhat folded in.
             let mut group_means = vec![(0.0f64, 0.0f64); groups];
@@ -227,11 +279,7 @@ fn backward<T: Element>(x: &[T], params: &[T], dout: &[T], (n, pixels, c): (usiz
             let k1: Vec<T> = (0..c).map(|ch| T::from_f64(rstd[ch] * gamma[ch].to_f64())).collect();
             let k0: Vec<T> = (0..c).map(|ch| T::from_f64(rstd[ch] * group_means[ch / cg].0)).collect();
             let k2: Vec<T> = (0..c).map(|ch| T::from_f64(rstd[ch] * group_means[ch / cg].1)).collect();
-            for ((o, d), xh) in dx.chunks_mut(c).zip(dy.chunks(c)).zip(xhat.chunks(c)) {
-                for ch in 0..c {
-                    o[ch] = k1[ch] * d[ch] - k0[ch] - k2[ch] * xh[ch];
-                }
-            }
+            input_gradient(dx, &dy, &xhat, (&k1, &k0, &k2));
             (sum_dy, sum_dy_xhat)
         })
         .collect();
@@ -242,9 +290,43 @@ fn backward<T: Element>(x: &[T], params: &[T], dout: &[T], (n, pixels, c): (usiz
     out
 }
 
-impl CustomOp3 for GroupNormSiluGrad {
+/// One sample's x-hat and gradient before the activation (`dy`; with `SILU` false, the
+/// output gradient itself), pixel by pixel from `x` and the output gradient, with
+/// per-channel `(mean, rstd, gamma, beta)`; returns the per-channel sums of `dy` and
+/// `dy * x-hat` in f64.
+#[multiversion(targets("x86_64+avx512f+avx512vl+avx512dq", "x86_64+avx2+fma"))]
+fn pre_activation_gradient<T: Element, const SILU: bool>(x: &[T], dout: &[T], (mean, rstd, gamma, beta): (&[T], &[T], &[T], &[T]), xhat: &mut [T], dy: &mut [T]) -> (Vec<f64>, Vec<f64>) {
+    let c = mean.len();
+    let (mut sum_dy, mut sum_dy_xhat) = (vec![0.0f64; c], vec![0.0f64; c]);
+    // Zips, not indexing: bounds checks would keep the loops from vectorising.
+    let params = mean.iter().zip(rstd).zip(gamma.iter().zip(beta));
+    for ((xp, dp), (xh, d)) in x.chunks(c).zip(dout.chunks(c)).zip(xhat.chunks_mut(c).zip(dy.chunks_mut(c))) {
+        for (((&xv, &dv), (h, g)), ((&m, &r), (&ga, &be))) in xp.iter().zip(dp).zip(xh.iter_mut().zip(d.iter_mut())).zip(params.clone()) {
+            (*h, *g) = if SILU { T::norm_silu_grad_t(xv, m, r, ga, be, dv) } else { T::norm_grad_t(xv, m, r, dv) };
+        }
+        for ((sd, sdx), (&g, &h)) in sum_dy.iter_mut().zip(sum_dy_xhat.iter_mut()).zip(d.iter().zip(xh.iter())) {
+            let g = g.to_f64();
+            *sd += g;
+            *sdx += g * h.to_f64();
+        }
+    }
+    (sum_dy, sum_dy_xhat)
+}
+
+/// `dx = k1 * dy - k0 - k2 * x-hat`, pixel by pixel, with per-channel `(k1, k0, k2)`.
+#[multiversion(targets("x86_64+avx512f+avx512vl+avx512dq", "x86_64+avx2+fma"))]
+fn input_gradient<T: Element>(dx: &mut [T], dy: &[T], xhat: &[T], (k1, k0, k2): (&[T], &[T], &[T])) {
+    let c = k1.len();
+    for ((o, d), xh) in dx.chunks_mut(c).zip(dy.chunks(c)).zip(xhat.chunks(c)) {
+        for (((o, &d), &xh), ((&a, &b), &e)) in o.iter_mut().zip(d).zip(xh).zip(k1.iter().zip(k0).zip(k2)) {
+            *o = a * d - b - e * xh;
+        }
+    }
+}
+
+impl CustomOp3 for GroupNormGrad {
     fn name(&self) -> &'static str {
-        "group_norm_silu_grad"
+        "group_norm_grad"
     }
 
     fn cpu_fwd(
@@ -262,7 +344,7 @@ impl CustomOp3 for GroupNormSiluGrad {
         let out = match xs.dtype() {
             DType::F32 => CpuStorage::F32(backward(super::contiguous_slice::<f32>(xs, xl, self.name())?, super::contiguous_slice(ps, pl, self.name())?, super::contiguous_slice(gs, gl, self.name())?, dims, &self.0)),
             DType::F64 => CpuStorage::F64(backward(super::contiguous_slice::<f64>(xs, xl, self.name())?, super::contiguous_slice(ps, pl, self.name())?, super::contiguous_slice(gs, gl, self.name())?, dims, &self.0)),
-            other => candle_core::bail!("group_norm_silu supports f32 and f64, not {other:?}"),
+            other => candle_core::bail!("group_norm supports f32 and f64, not {other:?}"),
         };
         Ok((out, Shape::from(len)))
     }
@@ -272,22 +354,35 @@ impl CustomOp3 for GroupNormSiluGrad {
 /// same arithmetic from candle's ops.
 pub fn group_norm_silu(x: &Tensor, gamma: &Tensor, beta: &Tensor, groups: usize, eps: f64) -> Result<Tensor> {
     if x.device().is_cpu() {
-        return x.contiguous()?.apply_op3(&gamma.contiguous()?, &beta.contiguous()?, GroupNormSilu { groups, eps });
+        return x.contiguous()?.apply_op3(&gamma.contiguous()?, &beta.contiguous()?, GroupNormOp { groups, eps, silu: true });
     }
     reference_group_norm_silu(x, gamma, beta, groups, eps)
+}
+
+/// GroupNorm (with its affine map, no activation) on an NHWC tensor (differentiable). On
+/// CPU the fused op; elsewhere candle's ops.
+pub fn group_norm(x: &Tensor, gamma: &Tensor, beta: &Tensor, groups: usize, eps: f64) -> Result<Tensor> {
+    if x.device().is_cpu() {
+        return x.contiguous()?.apply_op3(&gamma.contiguous()?, &beta.contiguous()?, GroupNormOp { groups, eps, silu: false });
+    }
+    reference_group_norm(x, gamma, beta, groups, eps)
 }
 
 /// GroupNorm + SiLU from candle's composed ops: the reference the fused op is tested
 /// against, and the path on devices without the fused op.
 pub fn reference_group_norm_silu(x: &Tensor, gamma: &Tensor, beta: &Tensor, groups: usize, eps: f64) -> Result<Tensor> {
+    candle_nn::ops::silu(&reference_group_norm(x, gamma, beta, groups, eps)?)
+}
+
+/// GroupNorm from candle's composed ops, NHWC: the reference of [`group_norm`].
+pub fn reference_group_norm(x: &Tensor, gamma: &Tensor, beta: &Tensor, groups: usize, eps: f64) -> Result<Tensor> {
     let (n, h, w, c) = x.dims4()?;
     let g = x.reshape((n, h * w, groups, c / groups))?;
     let mean = g.mean_keepdim(3)?.mean_keepdim(1)?;
     let centred = g.broadcast_sub(&mean)?;
     let var = centred.sqr()?.mean_keepdim(3)?.mean_keepdim(1)?;
     let xhat = centred.broadcast_div(&(var + eps)?.sqrt()?)?.reshape((n, h, w, c))?;
-    let y = xhat.broadcast_mul(gamma)?.broadcast_add(beta)?;
-    candle_nn::ops::silu(&y)
+    xhat.broadcast_mul(gamma)?.broadcast_add(beta)
 }
 
 #[cfg(test)]
@@ -298,14 +393,17 @@ mod tests {
 
     #[test]
     fn forward_and_backward_match_the_composed_reference() {
-        // Odd sizes, batch 1, one group and one channel per group; f64, tolerance 1e-9.
-        for &(n, h, w, c, groups) in &[(1, 3, 5, 4, 2), (2, 4, 4, 8, 8), (3, 1, 7, 6, 1), (2, 5, 3, 12, 4)] {
+        // Odd sizes, batch 1, one group and one channel per group, with and without SiLU;
+        // f64, tolerance 1e-9.
+        type Norm = fn(&Tensor, &Tensor, &Tensor, usize, f64) -> Result<Tensor>;
+        let variants: [(Norm, Norm); 2] = [(group_norm_silu, reference_group_norm_silu), (group_norm, reference_group_norm)];
+        for (&(n, h, w, c, groups), (fused, composed)) in [(1, 3, 5, 4, 2), (2, 4, 4, 8, 8), (3, 1, 7, 6, 1), (2, 5, 3, 12, 4)].iter().flat_map(|s| variants.iter().map(move |v| (s, v))) {
             let x = Var::from_tensor(&(randn((n, h, w, c), 1) * 2.0).unwrap().affine(1.0, 0.5).unwrap()).unwrap();
             let gamma = Var::from_tensor(&randn(c, 2)).unwrap();
             let beta = Var::from_tensor(&randn(c, 3)).unwrap();
             let r = randn((n, h, w, c), 4);
-            let ours = group_norm_silu(x.as_tensor(), gamma.as_tensor(), beta.as_tensor(), groups, 1e-5).unwrap();
-            let reference = reference_group_norm_silu(x.as_tensor(), gamma.as_tensor(), beta.as_tensor(), groups, 1e-5).unwrap();
+            let ours = fused(x.as_tensor(), gamma.as_tensor(), beta.as_tensor(), groups, 1e-5).unwrap();
+            let reference = composed(x.as_tensor(), gamma.as_tensor(), beta.as_tensor(), groups, 1e-5).unwrap();
             assert!(max_abs_diff(&ours, &reference) < 1e-9, "forward {n}x{h}x{w}x{c}/{groups}");
             let g1 = ours.mul(&r).unwrap().sum_all().unwrap().backward().unwrap();
             let g2 = reference.mul(&r).unwrap().sum_all().unwrap().backward().unwrap();
@@ -322,6 +420,8 @@ mod tests {
         let (n, h, w, c, groups) = (1, 2, 3, 4, 2);
         let (gamma, beta, r) = (randn(c, 6), randn(c, 7), randn((n, h, w, c), 8));
         let f = |x: &Tensor| group_norm_silu(x, &gamma, &beta, groups, 1e-5).unwrap().mul(&r).unwrap().sum_all().unwrap();
+        check_input_gradient(&randn((n, h, w, c), 5), f, 1e-6);
+        let f = |x: &Tensor| group_norm(x, &gamma, &beta, groups, 1e-5).unwrap().mul(&r).unwrap().sum_all().unwrap();
         check_input_gradient(&randn((n, h, w, c), 5), f, 1e-6);
     }
 
@@ -356,6 +456,24 @@ mod tests {
                 assert!(d < 1e-4 * scale, "{name}: f32 gradient off by {d} (scale {scale}) for {n}x{h}x{w}x{c}/{groups}");
             }
         }
+    }
+
+    proptest::proptest! {
+        /// The vectorisable exponential against libm's, relative error below 3e-7, over
+        /// the whole range it keeps (and the clamp beyond it).
+        #[test]
+        fn exp_f32_matches_libm(x in -87.0f32..88.0) {
+            let (ours, libm) = (exp_f32(x), x.exp());
+            proptest::prop_assert!(((ours - libm) / libm).abs() < 3e-7, "e^{} = {} vs {}", x, ours, libm);
+        }
+    }
+
+    #[test]
+    fn exp_f32_clamps_and_hits_exact_points() {
+        assert_eq!(exp_f32(0.0), 1.0);
+        assert!((exp_f32(1.0) - std::f32::consts::E).abs() < 1e-6);
+        assert_eq!(exp_f32(-1000.0), exp_f32(-87.0));
+        assert!(exp_f32(1000.0).is_finite() && exp_f32(1000.0) == exp_f32(88.0));
     }
 
     #[test]

@@ -27,7 +27,7 @@ pub mod ops {
     /// per-channel `bias` (C_out).
     ///
     /// On the CPU, 3x3 kernels with padding 1 run as NHWC im2col + one matmul
-    /// ([`crate::nn::conv`]) and 1x1 kernels as one matmul: candle's CPU convolution
+    /// ([`crate::nn::conv::conv3x3`]) and 1x1 kernels as one matmul: candle's CPU convolution
     /// backward is a direct-loop transposed convolution, several times slower to train.
     pub fn conv2d(
         x: &Tensor,
@@ -39,13 +39,8 @@ pub mod ops {
         let (c_out, c_in, kh, kw) = weight.dims4()?;
         let channels = bias.dims1()?;
         if fast_cpu(x) && (kh, kw, padding) == (3, 3, 1) {
-            let (b, _, _, _) = x.dims4()?;
-            let cols = crate::nn::conv::im2col3x3(&x.permute((0, 2, 3, 1))?, stride)?;
             let w = crate::nn::conv::Conv3x3::weight_from_oihw(weight)?;
-            let (_, _, h, wd) = x.dims4()?;
-            let (oh, ow) = ((h - 1) / stride + 1, (wd - 1) / stride + 1);
-            let y = crate::nn::bias::add_bias(&cols.matmul(&w)?, bias)?;
-            return y.reshape((b, oh, ow, c_out))?.permute((0, 3, 1, 2));
+            return crate::nn::conv::conv3x3(&x.permute((0, 2, 3, 1))?, &w, Some(bias), stride)?.permute((0, 3, 1, 2));
         }
         if fast_cpu(x) && (kh, kw, stride, padding) == (1, 1, 1, 0) {
             let (b, _, h, wd) = x.dims4()?;
@@ -75,6 +70,13 @@ pub mod ops {
             candle_core::bail!(
                 "group norm: {channels} channels do not split into {num_groups} groups"
             );
+        }
+        // The fused op ([`crate::nn::norm`]) on channels-last: composed, the normalisation
+        // is a dozen small ops forward and more backward.
+        if fast_cpu(x) && dims.len() == 4 {
+            let nhwc = x.permute((0, 2, 3, 1))?;
+            let y = crate::nn::norm::group_norm(&nhwc, weight, bias, num_groups, eps)?;
+            return y.permute((0, 3, 1, 2));
         }
         let x_dtype = x.dtype();
         let grouped = x.to_dtype(DType::F32)?.reshape((batch, num_groups, ()))?;

@@ -44,6 +44,11 @@ impl AdamW {
         Ok(Self { config, vars, first, second, steps: 0 })
     }
 
+    /// The number of trained values (elements of all variables).
+    pub fn parameter_count(&self) -> usize {
+        self.vars.iter().map(|(_, v)| v.elem_count()).sum()
+    }
+
     /// One update from the gradients of a backward pass; returns the global gradient norm
     /// before clipping. Variables without a gradient are left as they are (their moments too).
     pub fn step(&mut self, grads: &GradStore) -> Result<f64> {
