@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Creates bench/pytorch/.venv with a pinned torch for train_ops.py. Idempotent.
+# Creates bench/pytorch/.venv with a pinned torch for train_ops.py and restorer_nets.py. Idempotent.
 # PyPI has no CPU-only torch wheel for x86_64 Linux (those live on a separate index, which we
 # do not use), so the default wheel pulls the NVIDIA libraries (~2-3 GB); the benchmark only
 # uses the CPU.
