@@ -49,28 +49,39 @@ struct Im2Col3x3 {
 /// overlapping entries.
 struct Col2Im3x3(Geometry);
 
+/// Each output row is written once (no zero fill first): per kernel row `ky`, the three
+/// taps `kx` read neighbouring input pixels, which NHWC stores contiguously, so a band is
+/// one copy of up to `3 * C` values plus zeros where it leaves the image.
 fn im2col<T: WithDType>(input: &[T], g: Geometry) -> Vec<T> {
     let (oh, ow) = g.out_hw();
     let row = 9 * g.c;
-    let mut out = super::zeroed(g.out_pixels() * row);
-    out.par_chunks_mut(row).enumerate().for_each(|(p, cols)| {
+    let len = g.out_pixels() * row;
+    let mut out: Vec<T> = Vec::with_capacity(len);
+    let zero = std::mem::MaybeUninit::new(T::zero());
+    out.spare_capacity_mut()[..len].par_chunks_mut(row).enumerate().for_each(|(p, cols)| {
         let (n, oy, ox) = (p / (oh * ow), (p / ow) % oh, p % ow);
-        for ky in 0..3 {
+        for (ky, band) in cols.chunks_mut(3 * g.c).enumerate() {
             let sy = (oy * g.stride + ky) as isize - 1;
             if sy < 0 || sy >= g.h as isize {
+                band.fill(zero);
                 continue;
             }
-            for kx in 0..3 {
-                let sx = (ox * g.stride + kx) as isize - 1;
-                if sx < 0 || sx >= g.w as isize {
-                    continue;
-                }
-                let src = ((n * g.h + sy as usize) * g.w + sx as usize) * g.c;
-                let dst = (ky * 3 + kx) * g.c;
-                cols[dst..dst + g.c].copy_from_slice(&input[src..src + g.c]);
-            }
+            // Taps kx read input column sx0 + kx; those inside the image are kx_lo..kx_hi
+            // (sx0 >= -1 and sx0 <= w - 2, so the range is never empty).
+            let sx0 = (ox * g.stride) as isize - 1;
+            let kx_lo = usize::from(sx0 < 0);
+            let kx_hi = (g.w as isize - sx0).min(3) as usize;
+            let src = ((n * g.h + sy as usize) * g.w + (sx0 + kx_lo as isize) as usize) * g.c;
+            let (before, rest) = band.split_at_mut(kx_lo * g.c);
+            let (inside, after) = rest.split_at_mut((kx_hi - kx_lo) * g.c);
+            before.fill(zero);
+            inside.write_copy_of_slice(&input[src..src + inside.len()]);
+            after.fill(zero);
         }
     });
+    // SAFETY: the loop above wrote all `len` elements: every row's three bands are each
+    // filled with zeros, or split into zeros, a copy of the input and zeros.
+    unsafe { out.set_len(len) };
     out
 }
 
