@@ -126,7 +126,7 @@ fn main() -> candle_core::Result<()> {
         let varmap = VarMap::new();
         let net = Net::new(VarBuilder::from_varmap(&varmap, candle_core::DType::F32, &dev))?;
         let target = Tensor::randn(0f32, 1.0, (n, h, w, c), &dev)?;
-        let mut opt = adamw(&varmap)?;
+        let mut opt = adamw(trained_vars(&varmap, None))?;
         for _ in 0..steps {
             opt.step(&net.forward(x_nhwc.as_tensor())?.sub(&target)?.sqr()?.mean_all()?.backward()?)?;
         }
@@ -166,7 +166,7 @@ fn main() -> candle_core::Result<()> {
     let net = Net::new(VarBuilder::from_varmap(&varmap, candle_core::DType::F32, &dev))?;
     let target = Tensor::randn(0f32, 1.0, (n, h, w, c), &dev)?;
     let params: usize = varmap.all_vars().iter().map(|v| v.elem_count()).sum();
-    let mut opt = adamw(&varmap)?;
+    let mut opt = adamw(trained_vars(&varmap, None))?;
     let loss = |x: &Tensor| net.forward(x).unwrap().sub(&target).unwrap().sqr().unwrap().mean_all().unwrap();
     let grads = loss(x_nhwc.as_tensor()).backward()?;
     let optimizer_step = median_ms(runs, || {
@@ -235,15 +235,15 @@ fn main() -> candle_core::Result<()> {
 
 /// The training command's AdamW over the net's variables, with PyTorch's hyper-parameters
 /// in bench/pytorch/train_ops.py (no gradient clipping there either).
-fn adamw(varmap: &VarMap) -> candle_core::Result<AdamW> {
-    adamw_without(varmap, "\0")
+fn adamw(vars: Vec<(String, Var)>) -> candle_core::Result<AdamW> {
+    AdamW::new(vars, AdamWConfig { lr: 1e-3, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.01, clip_grad_norm: 0.0 })
 }
 
-/// [`adamw`] over the variables whose names do not start with `frozen`.
-fn adamw_without(varmap: &VarMap, frozen: &str) -> candle_core::Result<AdamW> {
-    let mut vars: Vec<(String, Var)> = varmap.data().lock().unwrap().iter().filter(|(k, _)| !k.starts_with(frozen)).map(|(k, v)| (k.clone(), v.clone())).collect();
+/// The variables by name, sorted, without those under the prefix `frozen`.
+fn trained_vars(varmap: &VarMap, frozen: Option<&str>) -> Vec<(String, Var)> {
+    let mut vars: Vec<(String, Var)> = varmap.data().lock().unwrap().iter().filter(|(k, _)| frozen.is_none_or(|f| !k.starts_with(f))).map(|(k, v)| (k.clone(), v.clone())).collect();
     vars.sort_by(|a, b| a.0.cmp(&b.0));
-    AdamW::new(vars, AdamWConfig { lr: 1e-3, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.01, clip_grad_norm: 0.0 })
+    vars
 }
 
 /// Median forward, backward and full AdamW step of a training loss, in ms.
@@ -295,28 +295,30 @@ fn restorer_nets(runs: usize) -> candle_core::Result<Vec<(&'static str, usize, T
 
     let varmap = VarMap::new();
     let fast = FastRestorer::new(VarBuilder::from_varmap(&varmap, candle_core::DType::F32, &dev), &config("pixel-restorer-fast"))?;
-    let mut opt = adamw(&varmap)?;
+    let vars = trained_vars(&varmap, None);
+    let shapes = manifest(&vars);
+    let mut opt = adamw(vars)?;
     let params = opt.parameter_count();
     let times = training_times(runs, || fast.forward(&input).unwrap().sub(&target).unwrap().sqr().unwrap().mean_all().unwrap(), &mut opt);
-    out.push(("fast", params, times, manifest(&varmap, "\0")));
+    out.push(("fast", params, times, shapes));
 
     let varmap = VarMap::new();
     let diffusion = DiffusionRestorer::new(VarBuilder::from_varmap(&varmap, candle_core::DType::F32, &dev), &config("pixel-restorer")).map_err(candle_core::Error::msg)?;
-    let mut opt = adamw_without(&varmap, "base.")?;
+    let vars = trained_vars(&varmap, Some("base."));
+    let shapes = manifest(&vars);
+    let mut opt = adamw(vars)?;
     let params = opt.parameter_count();
     let (x_t, base) = (Tensor::randn(0f32, 1.0, (b, 4, cells, cells), &dev)?, Tensor::randn(0f32, 1.0, (b, 4, cells, cells), &dev)?);
     let t = Tensor::from_vec((0..b).map(|i| (i * 61 % 1000) as f32).collect::<Vec<_>>(), b, &dev)?;
     let loss = || diffusion.predict(&x_t, &t, &input, Some(&base)).unwrap().sub(&target).unwrap().sqr().unwrap().mean_all().unwrap();
     let times = training_times(runs, loss, &mut opt);
-    out.push(("diffusion", params, times, manifest(&varmap, "base.")));
+    out.push(("diffusion", params, times, shapes));
     Ok(out)
 }
 
-/// `name [d0, d1, ...]` per variable not under `frozen`, sorted by name, one a line.
-fn manifest(varmap: &VarMap, frozen: &str) -> String {
-    let mut lines: Vec<String> = varmap.data().lock().unwrap().iter().filter(|(k, _)| !k.starts_with(frozen)).map(|(k, v)| format!("{k} {:?}\n", v.dims())).collect();
-    lines.sort();
-    lines.concat()
+/// `name [d0, d1, ...]` per variable, one a line, in the given order.
+fn manifest(vars: &[(String, Var)]) -> String {
+    vars.iter().map(|(k, v)| format!("{k} {:?}\n", v.dims())).collect()
 }
 
 /// Whether restorer_nets.py's networks have exactly our parameter names and shapes: Ok, or

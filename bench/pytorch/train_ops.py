@@ -2,8 +2,9 @@
 restorer-sized net that the Rust side will later be compared against.
 
 Same measurements as train_ops.rs: CPU, f32, median of BENCH_RUNS runs (default 15) after
-one warm-up, on BENCH_THREADS threads (default 2). With --json the results go to stdout as one JSON object
-(train_ops.rs runs this script that way and prints both sides with their ratios).
+one warm-up, on BENCH_THREADS threads (default 2). With --json the results go to stdout as
+one JSON object (train_ops.rs runs this script that way and prints both sides with their
+ratios).
 "forward + backward" is forward, sum(out), then gradients for every input that candle treats
 as a Var (x and the kernel; x, gamma and beta). torch.autograd.grad is used rather than
 .backward() so gradients are returned fresh, as candle's GradStore is, not accumulated.
