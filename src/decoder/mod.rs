@@ -15,7 +15,8 @@
 //!    The automatic palette merges colours closer than [`NOISE_MERGE_FACTOR`] times the
 //!    image's cell-colour noise (capped by the palette options' merge distance): on a clean
 //!    image nothing but exact duplicates merges, so close shades of the art survive, while
-//!    drifted and noisy cells of one colour still become one;
+//!    drifted and noisy cells of one colour still become one. Each automatic colour is then
+//!    the per-channel median of its cells, not their mean, which clipped drift biases;
 //! 3. binarises alpha at a threshold (or keeps the levels), optionally turns a flat
 //!    background into transparency and optionally removes isolated stray pixels.
 
@@ -207,7 +208,9 @@ pub fn decode(cells: &CellColours, opts: &DecodeOptions) -> Decoded {
         PaletteChoice::Auto(auto) => {
             let merge_distance = (NOISE_MERGE_FACTOR * cell_noise(cells, &visible)).clamp(MIN_MERGE_DISTANCE, auto.merge_distance.max(MIN_MERGE_DISTANCE));
             let auto = AutoPaletteOptions { merge_distance, ..*auto };
-            auto_palette(&samples, &vec![1.0; samples.len()], &auto)
+            let (mut palette, assignment) = auto_palette(&samples, &vec![1.0; samples.len()], &auto);
+            set_to_channel_medians(&mut palette, &samples, &assignment);
+            (palette, assignment)
         }
         PaletteChoice::Fixed(p) => {
             let a = snap_to_palette(&samples, p);
@@ -242,9 +245,40 @@ pub fn decode(cells: &CellColours, opts: &DecodeOptions) -> Decoded {
     let used: Vec<[u8; 3]> = {
         let mut seen = vec![false; palette.colours.len()];
         index.iter().flatten().for_each(|&k| seen[k] = true);
-        palette.colours.iter().zip(&seen).filter(|(_, &s)| s).map(|(c, _)| *c).collect()
+        let mut used: Vec<[u8; 3]> = Vec::new();
+        // Two clusters can share a median colour: list it once.
+        for (c, _) in palette.colours.iter().zip(&seen).filter(|(_, &s)| s) {
+            if !used.contains(c) {
+                used.push(*c);
+            }
+        }
+        used
     };
     Decoded { image, palette: used }
+}
+
+/// Sets every palette colour to the per-channel median, in sRGB, of the cell colours
+/// assigned to it (colours with no cell stay). The clustering's colours are means, and
+/// per-cell colour drift biases a mean wherever it clips: cells of a black drift up but
+/// never below zero, so their mean comes out grey-ish while their median stays black. The
+/// median of each channel is the same in sRGB and linear light, both being monotonic.
+fn set_to_channel_medians(palette: &mut Palette, samples: &[Oklab], assignment: &[usize]) {
+    let mut members: Vec<Vec<[u8; 3]>> = vec![Vec::new(); palette.colours.len()];
+    for (&sample, &k) in samples.iter().zip(assignment) {
+        members[k].push(oklab_to_srgb8(sample));
+    }
+    for (colour, cells) in palette.colours.iter_mut().zip(&mut members) {
+        if cells.is_empty() {
+            continue;
+        }
+        let n = cells.len();
+        *colour = [0, 1, 2].map(|c| {
+            // Even counts average the two middle values (two cells: their mean).
+            let upper = cells.select_nth_unstable_by_key(n / 2, |rgb| rgb[c]).1[c];
+            let lower = if n % 2 == 0 { cells[..n / 2].iter().map(|rgb| rgb[c]).max().expect("n >= 2") } else { upper };
+            ((u16::from(lower) + u16::from(upper) + 1) / 2) as u8
+        });
+    }
 }
 
 /// The noise of cell colours: the median, over visible cells, of the OKLab distance
@@ -384,6 +418,21 @@ mod tests {
         assert_eq!(out.get_pixel(0, 0).0[3], 0, "border background removed");
         assert_eq!(out.get_pixel(2, 2).0, [255, 255, 255, 255], "enclosed white stays");
         assert_eq!(out.get_pixel(1, 1).0, [0, 0, 0, 255]);
+    }
+
+    #[test]
+    fn palette_colours_are_channel_medians_so_clipped_drift_keeps_white_white() {
+        // Cells of one white that drifted by up to 8/255 per channel, clipped at 255 (as
+        // drift on a generator's output is): their mean is 253, their median 255. A second
+        // colour with an even count takes the mean of its two middle values; a colour no
+        // cell uses stays.
+        let drift = [0u8, 0, 0, 3, 8, 0, 5, 0, 0];
+        let mut samples: Vec<Oklab> = drift.iter().map(|&d| srgb8_to_oklab([255 - d; 3])).collect();
+        samples.extend([[10, 20, 30], [20, 40, 50]].map(srgb8_to_oklab));
+        let assignment = [vec![0; drift.len()], vec![1, 1]].concat();
+        let mut palette = Palette { colours: vec![[253, 253, 253], [15, 30, 40], [1, 2, 3]] };
+        set_to_channel_medians(&mut palette, &samples, &assignment);
+        assert_eq!(palette.colours, vec![[255, 255, 255], [15, 30, 40], [1, 2, 3]]);
     }
 
     #[test]
