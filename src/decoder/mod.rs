@@ -15,7 +15,9 @@
 //!    The automatic palette merges colours closer than [`NOISE_MERGE_FACTOR`] times the
 //!    image's cell-colour noise (capped by the palette options' merge distance): on a clean
 //!    image nothing but exact duplicates merges, so close shades of the art survive, while
-//!    drifted and noisy cells of one colour still become one. Each automatic colour is then
+//!    drifted and noisy cells of one colour still become one (when many neighbouring cells
+//!    differ by small steps, which clipped drift shows even where the noise estimate is 0,
+//!    at least about one just-noticeable difference merges). Each automatic colour is then
 //!    the per-channel median of its cells, not their mean, which clipped drift biases;
 //! 3. binarises alpha at a threshold (or keeps the levels), optionally turns a flat
 //!    background into transparency and optionally removes isolated stray pixels.
@@ -36,6 +38,16 @@ pub const NOISE_MERGE_FACTOR: f32 = 3.0;
 const DRIFT_PER_INTERIOR_NOISE: f32 = 4.0;
 /// The smallest merge distance: well under one 8-bit step of any channel.
 const MIN_MERGE_DISTANCE: f32 = 0.002;
+/// The merge distance is at least this (about one just-noticeable difference) when the
+/// cells show colour drift (see [`merge_floor`]).
+const DRIFT_MERGE_FLOOR: f32 = 0.02;
+/// Drift shows when more than this share of the cells differ from their most similar
+/// neighbour by a small step (less than [`DRIFT_MERGE_FLOOR`], more than
+/// [`IDENTICAL_COLOURS`]). Clean art measured 0-15% on the validation pairs (neighbours of
+/// one colour are identical, of two colours clearly apart), drifted output mostly 20-100%.
+const DRIFTED_CELL_SHARE: f32 = 0.3;
+/// OKLab distance below which two cell colours count as the same.
+const IDENTICAL_COLOURS: f32 = 1e-4;
 
 /// Share of a cell's size, on each side, left out of its interior.
 pub const CELL_MARGIN: f32 = 0.2;
@@ -206,7 +218,9 @@ pub fn decode(cells: &CellColours, opts: &DecodeOptions) -> Decoded {
     let samples: Vec<Oklab> = visible_idx.iter().map(|&i| cells.colour[i]).collect();
     let (palette, assignment) = match &opts.palette {
         PaletteChoice::Auto(auto) => {
-            let merge_distance = (NOISE_MERGE_FACTOR * cell_noise(cells, &visible)).clamp(MIN_MERGE_DISTANCE, auto.merge_distance.max(MIN_MERGE_DISTANCE));
+            let nearest = nearest_neighbour_distances(cells, &visible);
+            let floor = merge_floor(&nearest);
+            let merge_distance = (NOISE_MERGE_FACTOR * cell_noise(cells, &visible)).clamp(floor, auto.merge_distance.max(floor));
             let auto = AutoPaletteOptions { merge_distance, ..*auto };
             let (mut palette, assignment) = auto_palette(&samples, &vec![1.0; samples.len()], &auto);
             set_to_channel_medians(&mut palette, &samples, &assignment);
@@ -299,8 +313,18 @@ pub fn cell_noise(cells: &CellColours, visible: &[bool]) -> f32 {
 
 /// The median OKLab distance of visible cells to their most similar visible 4-neighbour.
 fn neighbour_distance(cells: &CellColours, visible: &[bool]) -> f32 {
+    let mut nearest = nearest_neighbour_distances(cells, visible);
+    if nearest.is_empty() {
+        return 0.0;
+    }
+    let mid = nearest.len() / 2;
+    *nearest.select_nth_unstable_by(mid, f32::total_cmp).1
+}
+
+/// For each visible cell with a visible 4-neighbour, the OKLab distance to the most similar one.
+fn nearest_neighbour_distances(cells: &CellColours, visible: &[bool]) -> Vec<f32> {
     let (cols, rows) = (cells.cols as usize, cells.rows as usize);
-    let mut nearest: Vec<f32> = (0..cols * rows)
+    (0..cols * rows)
         .filter(|&i| visible[i])
         .filter_map(|i| {
             neighbours(i, cols, rows)
@@ -308,12 +332,23 @@ fn neighbour_distance(cells: &CellColours, visible: &[bool]) -> f32 {
                 .map(|j| cells.colour[i].dist(cells.colour[j]))
                 .min_by(f32::total_cmp)
         })
-        .collect();
-    if nearest.is_empty() {
-        return 0.0;
+        .collect()
+}
+
+/// The smallest merge distance, from each cell's distance to its most similar neighbour.
+/// Drift that clips (a channel at 0 or 255 drifting only one way) leaves many cells exactly
+/// equal, so the median that [`cell_noise`] takes can be 0 on a drifted image, and the
+/// cells' interiors (a pixel or two in small cells) can look flat too. What gives drift
+/// away is the share of cells one small step from their nearest neighbour: above
+/// [`DRIFTED_CELL_SHARE`], colours closer than [`DRIFT_MERGE_FLOOR`] merge; otherwise only
+/// those closer than [`MIN_MERGE_DISTANCE`].
+fn merge_floor(nearest: &[f32]) -> f32 {
+    let small_steps = nearest.iter().filter(|&&d| d > IDENTICAL_COLOURS && d < DRIFT_MERGE_FLOOR).count();
+    if !nearest.is_empty() && small_steps as f32 > DRIFTED_CELL_SHARE * nearest.len() as f32 {
+        DRIFT_MERGE_FLOOR
+    } else {
+        MIN_MERGE_DISTANCE
     }
-    let mid = nearest.len() / 2;
-    *nearest.select_nth_unstable_by(mid, f32::total_cmp).1
 }
 
 /// The colour a cell would have without palette snapping, as 8-bit sRGB.
@@ -433,6 +468,36 @@ mod tests {
         let mut palette = Palette { colours: vec![[253, 253, 253], [15, 30, 40], [1, 2, 3]] };
         set_to_channel_medians(&mut palette, &samples, &assignment);
         assert_eq!(palette.colours, vec![[255, 255, 255], [15, 30, 40], [1, 2, 3]]);
+    }
+
+    #[test]
+    fn drift_in_small_steps_raises_the_merge_floor_and_clean_art_does_not() {
+        // Clean art: neighbours identical or far apart (a 0.05 step is a real shade).
+        assert_eq!(merge_floor(&[0.0, 0.0, 0.0, 0.05, 0.2, 0.0]), MIN_MERGE_DISTANCE);
+        // Drifted: half the cells one small step from their nearest neighbour.
+        assert_eq!(merge_floor(&[0.0, 0.004, 0.01, 0.0, 0.015, 0.0]), DRIFT_MERGE_FLOOR);
+        // At the share itself, not yet.
+        assert_eq!(merge_floor(&[0.01, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0]), MIN_MERGE_DISTANCE);
+        assert_eq!(merge_floor(&[]), MIN_MERGE_DISTANCE);
+    }
+
+    #[test]
+    fn a_drifted_background_becomes_one_colour() {
+        // 8x8 cells of one background whose cells drift by up to 4/255, clipped at 0 and 255
+        // (many cells exactly equal, so the median neighbour distance is 0), and a 2x2 black
+        // square. Without the drift floor the background splits into several colours.
+        let drift = |i: usize| [0u8, 0, 3, 0, 2, 4, 0, 1][(i * 7 + i / 8) % 8];
+        let colour: Vec<Oklab> = (0..64)
+            .map(|i| {
+                let (x, y) = (i % 8, i / 8);
+                if (3..5).contains(&x) && (3..5).contains(&y) { srgb8_to_oklab([0, 0, 0]) } else { srgb8_to_oklab([255 - drift(i), drift(i), 255]) }
+            })
+            .collect();
+        let cells = CellColours { cols: 8, rows: 8, colour, alpha: vec![255.0; 64], spread: vec![0.0; 64] };
+        let mut palette = decode(&cells, &DecodeOptions::default()).palette;
+        palette.sort();
+        assert_eq!(palette.len(), 2, "{palette:?}");
+        assert_eq!(palette[0], [0, 0, 0]);
     }
 
     #[test]
