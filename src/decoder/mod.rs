@@ -220,7 +220,7 @@ pub fn decode(cells: &CellColours, opts: &DecodeOptions) -> Decoded {
         PaletteChoice::Auto(auto) => {
             let nearest = nearest_neighbour_distances(cells, &visible);
             let floor = merge_floor(&nearest);
-            let merge_distance = (NOISE_MERGE_FACTOR * cell_noise(cells, &visible)).clamp(floor, auto.merge_distance.max(floor));
+            let merge_distance = (NOISE_MERGE_FACTOR * cell_noise(cells, &visible, &nearest)).clamp(floor, auto.merge_distance.max(floor));
             let auto = AutoPaletteOptions { merge_distance, ..*auto };
             let (mut palette, assignment) = auto_palette(&samples, &vec![1.0; samples.len()], &auto);
             set_to_channel_medians(&mut palette, &samples, &assignment);
@@ -296,29 +296,23 @@ fn set_to_channel_medians(palette: &mut Palette, samples: &[Oklab], assignment: 
 }
 
 /// The noise of cell colours: the median, over visible cells, of the OKLab distance
-/// to the most similar visible 4-neighbour. Most cells of pixel art share their colour with
-/// a neighbour, so this is how far apart cells of one colour came out; the median keeps
-/// dithered and detailed areas, where no neighbour shares the colour, from inflating it.
-/// Capped at [`DRIFT_PER_INTERIOR_NOISE`] times the median spread inside cells, which
-/// tells texture (flat cells, different neighbours) from noise.
-pub fn cell_noise(cells: &CellColours, visible: &[bool]) -> f32 {
-    let mut spreads: Vec<f32> = (0..visible.len()).filter(|&i| visible[i]).map(|i| cells.spread[i]).collect();
+/// to the most similar visible 4-neighbour (`nearest`, from [`nearest_neighbour_distances`]).
+/// Most cells of pixel art share their colour with a neighbour, so this is how far apart
+/// cells of one colour came out; the median keeps dithered and detailed areas, where no
+/// neighbour shares the colour, from inflating it. Capped at [`DRIFT_PER_INTERIOR_NOISE`]
+/// times the median spread inside cells, which tells texture (flat cells, different
+/// neighbours) from noise.
+fn cell_noise(cells: &CellColours, visible: &[bool], nearest: &[f32]) -> f32 {
+    let spreads: Vec<f32> = (0..visible.len()).filter(|&i| visible[i]).map(|i| cells.spread[i]).collect();
     if spreads.is_empty() {
         return 0.0;
     }
-    let mid = spreads.len() / 2;
-    let interior_noise = *spreads.select_nth_unstable_by(mid, f32::total_cmp).1;
-    neighbour_distance(cells, visible).min(DRIFT_PER_INTERIOR_NOISE * interior_noise)
-}
-
-/// The median OKLab distance of visible cells to their most similar visible 4-neighbour.
-fn neighbour_distance(cells: &CellColours, visible: &[bool]) -> f32 {
-    let mut nearest = nearest_neighbour_distances(cells, visible);
-    if nearest.is_empty() {
-        return 0.0;
-    }
-    let mid = nearest.len() / 2;
-    *nearest.select_nth_unstable_by(mid, f32::total_cmp).1
+    let median = |mut values: Vec<f32>| -> f32 {
+        let mid = values.len() / 2;
+        *values.select_nth_unstable_by(mid, f32::total_cmp).1
+    };
+    let neighbour_distance = if nearest.is_empty() { 0.0 } else { median(nearest.to_vec()) };
+    neighbour_distance.min(DRIFT_PER_INTERIOR_NOISE * median(spreads))
 }
 
 /// For each visible cell with a visible 4-neighbour, the OKLab distance to the most similar one.
