@@ -3,9 +3,9 @@
 //! `im2col` turns an `(N, H, W, C)` input into `(N*H*W, 9*C)` columns, column
 //! `(ky * 3 + kx) * C + c` of row `(n, y, x)` holding `input[n, y + ky - 1, x + kx - 1, c]`
 //! (zero outside the image). The convolution is then `columns.matmul(weight)` with the
-//! weight stored as `(9*C_in, C_out)`. The backward of `im2col` is `col2im`, which sums
+//! weight stored as `(9*C_in, C_out)`. The transpose of `im2col` is `col2im`, which sums
 //! each column entry back onto the input pixel it came from (written as a gather, so it
-//! parallelises without atomics); the backward of `col2im` is `im2col`.
+//! parallelises without atomics).
 //!
 //! [`Conv3x3`] runs the whole convolution as one op with its own backward rather than
 //! letting autograd differentiate `im2col` then `matmul`: autograd would store the
@@ -115,6 +115,15 @@ fn col2im<T: WithDType>(cols: &[T], g: Geometry) -> Vec<T> {
     out
 }
 
+/// The columns of an `(N, H, W, C)` input storage; `op` names the caller in errors.
+fn im2col_storage(storage: &CpuStorage, layout: &Layout, g: Geometry, op: &str) -> Result<CpuStorage> {
+    match storage.dtype() {
+        DType::F32 => Ok(CpuStorage::F32(im2col(super::contiguous_slice::<f32>(storage, layout, op)?, g))),
+        DType::F64 => Ok(CpuStorage::F64(im2col(super::contiguous_slice::<f64>(storage, layout, op)?, g))),
+        other => candle_core::bail!("{op} supports f32 and f64, not {other:?}"),
+    }
+}
+
 impl CustomOp1 for Im2Col3x3 {
     fn name(&self) -> &'static str {
         "im2col3x3"
@@ -123,17 +132,7 @@ impl CustomOp1 for Im2Col3x3 {
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
         let (n, h, w, c) = layout.shape().dims4()?;
         let g = Geometry { n, h, w, c, stride: self.stride };
-        let shape = Shape::from((g.out_pixels(), 9 * c));
-        match storage.dtype() {
-            DType::F32 => Ok((CpuStorage::F32(im2col(super::contiguous_slice::<f32>(storage, layout, self.name())?, g)), shape)),
-            DType::F64 => Ok((CpuStorage::F64(im2col(super::contiguous_slice::<f64>(storage, layout, self.name())?, g)), shape)),
-            other => candle_core::bail!("im2col3x3 supports f32 and f64, not {other:?}"),
-        }
-    }
-
-    fn bwd(&self, arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
-        let (n, h, w, c) = arg.dims4()?;
-        Ok(Some(grad_res.contiguous()?.apply_op1(Col2Im3x3(Geometry { n, h, w, c, stride: self.stride }))?))
+        Ok((im2col_storage(storage, layout, g, self.name())?, Shape::from((g.out_pixels(), 9 * c))))
     }
 }
 
@@ -155,10 +154,6 @@ impl CustomOp1 for Col2Im3x3 {
             other => candle_core::bail!("col2im3x3 supports f32 and f64, not {other:?}"),
         }
     }
-
-    fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
-        Ok(Some(grad_res.contiguous()?.apply_op1(Im2Col3x3 { stride: self.0.stride })?))
-    }
 }
 
 /// The whole convolution `im2col(x) · W (+ bias)`, `x` `(N, H, W, C_in)`, `W`
@@ -178,11 +173,7 @@ impl Conv3x3Op {
             candle_core::bail!("conv3x3: a weight of {k}x{c_out} does not fit {c} input channels (expected {}x{c_out})", 9 * c);
         }
         let g = Geometry { n, h, w: wd, c, stride: self.stride };
-        let cols = match x.dtype() {
-            DType::F32 => CpuStorage::F32(im2col(super::contiguous_slice::<f32>(x, x_layout, Self::NAME)?, g)),
-            DType::F64 => CpuStorage::F64(im2col(super::contiguous_slice::<f64>(x, x_layout, Self::NAME)?, g)),
-            other => candle_core::bail!("conv3x3 supports f32 and f64, not {other:?}"),
-        };
+        let cols = im2col_storage(x, x_layout, g, Self::NAME)?;
         let rows = g.out_pixels();
         let mut y = cols.matmul(w, (1, rows, c_out, k), &Layout::contiguous((rows, k)), w_layout)?;
         if let Some((b, b_layout)) = bias {
@@ -217,7 +208,7 @@ impl Conv3x3Op {
             im2col3x3(&dy, 1)?.matmul(&flipped)?.reshape((n, h, wd, c))?
         } else {
             let g = Geometry { n, h, w: wd, c, stride: self.stride };
-            dy_rows.matmul(&w.t()?)?.apply_op1(Col2Im3x3(g))?
+            dy_rows.matmul(&w.t()?)?.apply_op1_no_bwd(&Col2Im3x3(g))?
         };
         let grad_bias = if with_bias { Some(super::bias::sum_rows(&dy_rows)?) } else { None };
         Ok((grad_x, grad_w, grad_bias))
@@ -269,12 +260,12 @@ pub fn conv3x3(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, stride: usize
 }
 
 /// The 3x3 neighbourhoods (zero padding 1) of an NHWC tensor at the given stride, as
-/// `(N*OH*OW, 9*C)` columns (differentiable).
-pub fn im2col3x3(x: &Tensor, stride: usize) -> Result<Tensor> {
+/// `(N*OH*OW, 9*C)` columns. Not differentiable: only [`Conv3x3Op`]'s backward uses them.
+fn im2col3x3(x: &Tensor, stride: usize) -> Result<Tensor> {
     if stride == 0 {
         candle_core::bail!("im2col3x3: the stride must be at least 1");
     }
-    x.contiguous()?.apply_op1(Im2Col3x3 { stride })
+    x.contiguous()?.apply_op1_no_bwd(&Im2Col3x3 { stride })
 }
 
 /// A 3x3 convolution, zero padding 1, on NHWC activations.
