@@ -47,9 +47,7 @@ import argparse
 import json
 import math
 import os
-import statistics
 import sys
-import time
 import warnings
 
 # The venv has no numpy, which torch only needs for conversions this script never does.
@@ -58,7 +56,10 @@ import torch  # noqa: E402
 import torch.nn as nn  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-RUNS = int(os.environ.get("BENCH_RUNS", "15"))
+# The same timing as train_ops.py, beside this script (python puts the script's folder on
+# sys.path): median of RUNS after one warm-up.
+from train_ops import RUNS, median_ms  # noqa: E402
+
 CHECKPOINTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "checkpoints")
 
 # The constants of src/stablesr/layers.rs.
@@ -68,18 +69,6 @@ SPADE_HIDDEN = 128
 TIMESTEP_MAX_PERIOD = 10000.0
 
 BATCH, CELLS = 16, 16
-
-
-def median_ms(f, setup=None):
-    # setup runs untimed before each call, so backward can be timed apart from its forward.
-    times = []
-    for i in range(RUNS + 1):  # first call is the warm-up
-        arg = setup() if setup else None
-        t = time.perf_counter()
-        f(arg) if setup else f()
-        if i:
-            times.append((time.perf_counter() - t) * 1e3)
-    return statistics.median(times)
 
 
 # ---- ops (layers.rs `ops`) ----------------------------------------------------------------
