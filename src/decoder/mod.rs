@@ -17,7 +17,8 @@
 //!    image nothing but exact duplicates merges, so close shades of the art survive, while
 //!    drifted and noisy cells of one colour still become one (when many neighbouring cells
 //!    differ by small steps, which clipped drift shows even where the noise estimate is 0,
-//!    at least about one just-noticeable difference merges). Each automatic colour is then
+//!    or when almost every cell has a colour of its own, at least about one just-noticeable
+//!    difference merges). Each automatic colour is then
 //!    the per-channel median of its cells, not their mean, which clipped drift biases;
 //! 3. binarises alpha at a threshold (or keeps the levels), optionally turns a flat
 //!    background into transparency and optionally removes isolated stray pixels.
@@ -46,6 +47,10 @@ const DRIFT_MERGE_FLOOR: f32 = 0.02;
 /// [`IDENTICAL_COLOURS`]). Clean art measured 0-15% on the validation pairs (neighbours of
 /// one colour are identical, of two colours clearly apart), drifted output mostly 20-100%.
 const DRIFTED_CELL_SHARE: f32 = 0.3;
+/// Above this share of distinct colours among the visible cells, the cells are not
+/// palettised (see [`is_unpalettised`]). Clean art measured at most 0.24 on the validation
+/// pairs (median 0.02); generator-like output whose drifted cells are flat inside, 0.5-0.99.
+const UNPALETTISED_SHARE: f32 = 0.3;
 /// OKLab distance below which two cell colours count as the same.
 const IDENTICAL_COLOURS: f32 = 1e-4;
 
@@ -219,8 +224,10 @@ pub fn decode(cells: &CellColours, opts: &DecodeOptions) -> Decoded {
     let (palette, assignment) = match &opts.palette {
         PaletteChoice::Auto(auto) => {
             let nearest = nearest_neighbour_distances(cells, &visible);
-            let floor = merge_floor(&nearest);
-            let merge_distance = (NOISE_MERGE_FACTOR * cell_noise(cells, &visible, &nearest)).clamp(floor, auto.merge_distance.max(floor));
+            let unpalettised = is_unpalettised(&samples);
+            let floor = if unpalettised { DRIFT_MERGE_FLOOR } else { merge_floor(&nearest) };
+            let noise = cell_noise(cells, &visible, &nearest, !unpalettised);
+            let merge_distance = (NOISE_MERGE_FACTOR * noise).clamp(floor, auto.merge_distance.max(floor));
             let auto = AutoPaletteOptions { merge_distance, ..*auto };
             let (mut palette, assignment) = auto_palette(&samples, &vec![1.0; samples.len()], &auto);
             set_to_channel_medians(&mut palette, &samples, &assignment);
@@ -299,10 +306,11 @@ fn set_to_channel_medians(palette: &mut Palette, samples: &[Oklab], assignment: 
 /// to the most similar visible 4-neighbour (`nearest`, from [`nearest_neighbour_distances`]).
 /// Most cells of pixel art share their colour with a neighbour, so this is how far apart
 /// cells of one colour came out; the median keeps dithered and detailed areas, where no
-/// neighbour shares the colour, from inflating it. Capped at [`DRIFT_PER_INTERIOR_NOISE`]
-/// times the median spread inside cells, which tells texture (flat cells, different
-/// neighbours) from noise.
-fn cell_noise(cells: &CellColours, visible: &[bool], nearest: &[f32]) -> f32 {
+/// neighbour shares the colour, from inflating it. With `capped_by_spread`, capped at
+/// [`DRIFT_PER_INTERIOR_NOISE`] times the median spread inside cells, which tells texture
+/// (flat cells, different neighbours) from noise; [`decode`] lifts the cap where the cells
+/// are not palettised ([`is_unpalettised`]), since drift leaves cells flat inside too.
+fn cell_noise(cells: &CellColours, visible: &[bool], nearest: &[f32], capped_by_spread: bool) -> f32 {
     let spreads: Vec<f32> = (0..visible.len()).filter(|&i| visible[i]).map(|i| cells.spread[i]).collect();
     if spreads.is_empty() {
         return 0.0;
@@ -312,7 +320,19 @@ fn cell_noise(cells: &CellColours, visible: &[bool], nearest: &[f32]) -> f32 {
         *values.select_nth_unstable_by(mid, f32::total_cmp).1
     };
     let neighbour_distance = if nearest.is_empty() { 0.0 } else { median(nearest.to_vec()) };
-    neighbour_distance.min(DRIFT_PER_INTERIOR_NOISE * median(spreads))
+    if capped_by_spread {
+        neighbour_distance.min(DRIFT_PER_INTERIOR_NOISE * median(spreads))
+    } else {
+        neighbour_distance
+    }
+}
+
+/// Whether the cells have more distinct colours (as sRGB8) than
+/// [`UNPALETTISED_SHARE`] of their number: pixel art reuses a few colours, so almost
+/// every cell having one of its own is drift, even where the cells are flat inside.
+fn is_unpalettised(samples: &[Oklab]) -> bool {
+    let distinct: std::collections::HashSet<[u8; 3]> = samples.iter().map(|&c| oklab_to_srgb8(c)).collect();
+    distinct.len() as f32 > UNPALETTISED_SHARE * samples.len() as f32
 }
 
 /// For each visible cell with a visible 4-neighbour, the OKLab distance to the most similar one.
@@ -492,6 +512,38 @@ mod tests {
         palette.sort();
         assert_eq!(palette.len(), 2, "{palette:?}");
         assert_eq!(palette[0], [0, 0, 0]);
+    }
+
+    #[test]
+    fn cells_that_each_drifted_to_their_own_colour_merge_even_when_flat_inside() {
+        // 16x16 cells of four colours in 4x4 blocks, each cell shifted by its own OKLab
+        // offset (about 0.012 per component, unclipped) and flat inside (spread 0), as
+        // generators draw: nearly every cell has a colour of its own. The spread cap alone
+        // would read flat cells as clean texture and keep hundreds of colours.
+        let truth = [[200, 60, 50], [60, 140, 70], [70, 80, 190], [220, 200, 90]].map(srgb8_to_oklab);
+        let offset = |i: usize, k: u64| {
+            let u = |j: u64| (crate::rng::splitmix64(i as u64 * 8 + k * 2 + j) % 10_000) as f32 / 10_000.0;
+            (u(0) + u(1) - 1.0) * 0.03
+        };
+        let colour: Vec<Oklab> = (0..256)
+            .map(|i| {
+                let c = truth[(i % 16) / 4 % 2 + 2 * ((i / 16) / 4 % 2)];
+                Oklab { l: c.l + offset(i, 0), a: c.a + offset(i, 1), b: c.b + offset(i, 2) }
+            })
+            .collect();
+        assert!(is_unpalettised(&colour));
+        let cells = CellColours { cols: 16, rows: 16, colour, alpha: vec![255.0; 256], spread: vec![0.0; 256] };
+        let mut palette = decode(&cells, &DecodeOptions::default()).palette;
+        palette.sort();
+        let mut expected = truth.map(oklab_to_srgb8).to_vec();
+        expected.sort();
+        assert_eq!(palette.len(), 4, "{palette:?}");
+        for (got, want) in palette.iter().zip(&expected) {
+            assert!(got.iter().zip(want).all(|(g, w)| g.abs_diff(*w) <= 8), "{got:?} against {want:?}");
+        }
+        // Clean art reuses its colours: the same layout undrifted is palettised.
+        let clean: Vec<Oklab> = (0..256).map(|i| truth[(i % 16) / 4 % 2 + 2 * ((i / 16) / 4 % 2)]).collect();
+        assert!(!is_unpalettised(&clean));
     }
 
     #[test]
