@@ -385,19 +385,31 @@ impl Problem {
 
     /// `A_yᵀ Y A_x` of fitted samples `y`.
     fn data_term(&self, y: &[f32]) -> Vec<f32> {
-        let (cols, fitted_cols) = (self.ax.cells, self.ax.pixel.len());
-        let mut y_ax = vec![0.0f32; self.ay.pixel.len() * cols];
-        for (row, out) in y.chunks_exact(fitted_cols).zip(y_ax.chunks_exact_mut(cols)) {
+        let (cols, fitted_cols, fitted_rows) = (self.ax.cells, self.ax.pixel.len(), self.ay.pixel.len());
+        // `Y A_x` column by column: with the samples transposed, each weight of `A_x` scales a
+        // whole sample column into a cell column (contiguous, so it vectorises). Every sum
+        // still adds its terms in the order of the fitted pixels.
+        let mut y_t = vec![0.0f32; y.len()];
+        for (iy, row) in y.chunks_exact(fitted_cols).enumerate() {
             for (ix, &v) in row.iter().enumerate() {
-                let (first, w) = self.ax.row(ix);
-                out[first..first + w.len()].iter_mut().zip(w).for_each(|(o, &wv)| *o += v * wv);
+                y_t[ix * fitted_rows + iy] = v;
+            }
+        }
+        let mut y_ax_t = vec![0.0f32; cols * fitted_rows];
+        for (ix, column) in y_t.chunks_exact(fitted_rows).enumerate() {
+            let (first, w) = self.ax.row(ix);
+            for (k, &wv) in w.iter().enumerate() {
+                let out = &mut y_ax_t[(first + k) * fitted_rows..(first + k + 1) * fitted_rows];
+                out.iter_mut().zip(column).for_each(|(o, &v)| *o += v * wv);
             }
         }
         let mut data = vec![0.0f32; self.ay.cells * cols];
-        for (iy, src) in y_ax.chunks_exact(cols).enumerate() {
+        let mut src = vec![0.0f32; cols];
+        for iy in 0..fitted_rows {
+            src.iter_mut().enumerate().for_each(|(c, s)| *s = y_ax_t[c * fitted_rows + iy]);
             let (first, w) = self.ay.row(iy);
             for (k, &wv) in w.iter().enumerate() {
-                data[(first + k) * cols..(first + k + 1) * cols].iter_mut().zip(src).for_each(|(o, &s)| *o += wv * s);
+                data[(first + k) * cols..(first + k + 1) * cols].iter_mut().zip(&src).for_each(|(o, &s)| *o += wv * s);
             }
         }
         data
