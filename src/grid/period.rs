@@ -17,6 +17,8 @@
 //! comb by at most one pixel over the whole image, then the best candidates are refined
 //! eight times finer.
 
+use multiversion::multiversion;
+
 /// Phase resolution: profile positions are folded into about this many bins per pixel.
 const BINS_PER_PIXEL: f32 = 4.0;
 
@@ -136,19 +138,24 @@ impl ToothWindows {
             acc.clear();
             acc.resize(n, 0.0);
         }
-        // Offset `o` of the extended bins is offset `o - reach` from the tooth.
-        for o in 0..=2 * reach {
-            let weight = 1.0 - o.abs_diff(reach) as f32 * step;
-            let sums = &self.extended_sum[o..o + n];
-            let counts = &self.extended_count[o..o + n];
-            for ((near, tooth), &v) in self.near_sum.iter_mut().zip(self.tooth_sum.iter_mut()).zip(sums) {
-                *near += v;
-                *tooth += weight * v;
-            }
-            for ((near_c, tooth_w), &c) in self.near_count.iter_mut().zip(self.tooth_weight.iter_mut()).zip(counts) {
-                *near_c += c;
-                *tooth_w += weight * c;
-            }
+        add_tooth_windows(&mut self.near_sum, &mut self.tooth_sum, &self.extended_sum, reach, step);
+        add_tooth_windows(&mut self.near_count, &mut self.tooth_weight, &self.extended_count, reach, step);
+    }
+}
+
+/// Adds to `plain[b]` the bins within `reach` of bin `b`, and to `weighted[b]` the same
+/// weighted by `1 - |offset| * step`, from `extended`, the bins circularly extended by
+/// `reach` on both sides. One shifted pass per offset; compiled for AVX-512 and AVX2 as
+/// well as the baseline (picked at run time), since the binary targets baseline x86-64.
+#[multiversion(targets("x86_64+avx512f+avx512vl", "x86_64+avx2+fma"))]
+fn add_tooth_windows(plain: &mut [f32], weighted: &mut [f32], extended: &[f32], reach: usize, step: f32) {
+    let n = plain.len();
+    // Offset `o` of the extended bins is offset `o - reach` from the tooth.
+    for o in 0..=2 * reach {
+        let weight = 1.0 - o.abs_diff(reach) as f32 * step;
+        for ((p, w), &v) in plain.iter_mut().zip(weighted.iter_mut()).zip(&extended[o..o + n]) {
+            *p += v;
+            *w += weight * v;
         }
     }
 }
