@@ -52,29 +52,40 @@ fn fold(profile: &[f32], period: f32) -> Folded {
 /// Folds the profile positions in `start..end` (the image borders excluded), by their
 /// position in the whole profile, so that folds of adjacent ranges add up.
 fn fold_range(profile: &[f32], period: f32, start: usize, end: usize) -> Folded {
+    let [folded] = fold_ranges([profile], period, start, end);
+    folded
+}
+
+/// [`fold_range`] of `N` profiles of one length at once: each position's bin is found
+/// once for all of them, and their position counts are the same.
+fn fold_ranges<const N: usize>(profiles: [&[f32]; N], period: f32, start: usize, end: usize) -> [Folded; N] {
+    let len = profiles.first().map_or(0, |p| p.len());
+    debug_assert!(profiles.iter().all(|p| p.len() == len), "fold_ranges needs profiles of one length");
     let nbins = ((period * BINS_PER_PIXEL).round() as usize).max(1);
     let bin_width = period / nbins as f32;
     let inv_bin_width = 1.0 / bin_width;
-    let mut sum = vec![0.0f32; nbins];
+    let mut sums: [Vec<f32>; N] = std::array::from_fn(|_| vec![0.0f32; nbins]);
     let mut count = vec![0.0f32; nbins];
     let first = start.max(1);
-    let last = end.min(profile.len().saturating_sub(1));
+    let last = end.min(len.saturating_sub(1));
+    let values = profiles.map(|p| p.get(first..last).unwrap_or(&[]));
     // The position within the period advances by one pixel per step; keeping it
     // incrementally saves a floor and a division per position in this hot loop.
     let mut pos = (first as f32) % period;
-    for &v in profile.get(first..last).unwrap_or(&[]) {
+    for i in 0..last.saturating_sub(first) {
         let b = (pos * inv_bin_width + 0.5) as usize; // bin b is centred on b * bin_width
         let b = if b >= nbins { b - nbins } else { b };
-        sum[b] += v;
+        for (sum, v) in sums.iter_mut().zip(&values) {
+            sum[b] += v[i];
+        }
         count[b] += 1.0;
         pos += 1.0;
         if pos >= period {
             pos -= period;
         }
     }
-    let total_sum = sum.iter().sum();
     let total_count = count.iter().sum();
-    Folded { bin_width, sum, count, total_sum, total_count }
+    sums.map(|sum| Folded { bin_width, total_sum: sum.iter().sum(), sum, count: count.clone(), total_count })
 }
 
 impl Folded {
@@ -234,23 +245,31 @@ const MAX_RUNG_SMEAR: f32 = 1.0;
 /// lines that drift or slip by part of a cell across the image, as generator output does.
 /// Each half window is folded once and windows join two neighbouring halves.
 pub fn windowed_fit(profile: &[f32], period: f32) -> Option<(f32, f32)> {
-    let len = profile.len();
+    let [fit] = windowed_fits([profile], period);
+    fit
+}
+
+/// [`windowed_fit`] of `N` profiles of one length, folded together ([`fold_ranges`]).
+fn windowed_fits<const N: usize>(profiles: [&[f32]; N], period: f32) -> [Option<(f32, f32)>; N] {
+    let len = profiles.first().map_or(0, |p| p.len());
     let half = (window_len(len, period) / 2).max(1);
-    let halves: Vec<Folded> = (0..len).step_by(half).map(|s| fold_range(profile, period, s, s + half)).collect();
-    let windows: Vec<Folded> = if halves.len() < 2 {
-        vec![fold(profile, period)]
-    } else {
-        halves.windows(2).map(|pair| pair[0].joined(&pair[1])).collect()
-    };
-    let (mut score, mut contrast, mut mass) = (0.0f32, 0.0f32, 0.0f32);
-    for folded in &windows {
-        if let Some(fit) = best_phase(folded, period, None) {
-            score += folded.total_sum * fit.score;
-            contrast += folded.total_sum * fit.contrast;
-            mass += folded.total_sum;
+    let halves: Vec<[Folded; N]> = (0..len).step_by(half).map(|s| fold_ranges(profiles, period, s, s + half)).collect();
+    std::array::from_fn(|k| {
+        let windows: Vec<Folded> = if halves.len() < 2 {
+            vec![fold(profiles[k], period)]
+        } else {
+            halves.windows(2).map(|pair| pair[0][k].joined(&pair[1][k])).collect()
+        };
+        let (mut score, mut contrast, mut mass) = (0.0f32, 0.0f32, 0.0f32);
+        for folded in &windows {
+            if let Some(fit) = best_phase(folded, period, None) {
+                score += folded.total_sum * fit.score;
+                contrast += folded.total_sum * fit.contrast;
+                mass += folded.total_sum;
+            }
         }
-    }
-    (mass > 0.0).then(|| (score / mass, contrast / mass))
+        (mass > 0.0).then(|| (score / mass, contrast / mass))
+    })
 }
 
 /// Cells are nearly square: each axis's cell size is searched within this factor of the
@@ -273,7 +292,11 @@ fn ladder(profiles: &[&[f32]], from: f32, to: f32, step: f32) -> Vec<(f32, f32)>
     let mut rungs = Vec::new();
     let mut p = from;
     while p <= to {
-        let score: f32 = profiles.iter().filter_map(|prof| windowed_fit(prof, p)).map(|(s, c)| rung_score(s, c)).sum();
+        let score: f32 = match profiles {
+            // Both axes of a square image fold together.
+            [x, y] if x.len() == y.len() => windowed_fits([*x, *y], p).into_iter().flatten().map(|(s, c)| rung_score(s, c)).sum(),
+            _ => profiles.iter().filter_map(|prof| windowed_fit(prof, p)).map(|(s, c)| rung_score(s, c)).sum(),
+        };
         rungs.push((p, score));
         p *= 1.0 + step.min(MAX_RUNG_SMEAR / window_len(len, p) as f32);
     }
