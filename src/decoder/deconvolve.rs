@@ -160,7 +160,7 @@ impl AxisOperator {
     /// `AᵀA` as a symmetric band matrix.
     fn gram(&self) -> Band {
         let half = (0..self.pixel.len()).map(|i| self.row(i).1.len()).max().unwrap_or(1).saturating_sub(1);
-        let mut band = Band { n: self.cells, half, values: vec![0.0; self.cells * (2 * half + 1)] };
+        let mut band = Band { n: self.cells, half, values: vec![0.0; self.cells * (2 * half + 1)], diagonals: vec![] };
         for i in 0..self.pixel.len() {
             let (first, w) = self.row(i);
             for (a, &wa) in w.iter().enumerate() {
@@ -169,6 +169,7 @@ impl AxisOperator {
                 }
             }
         }
+        band.diagonals = band.by_diagonal();
         band
     }
 }
@@ -216,11 +217,25 @@ struct Band {
     n: usize,
     half: usize,
     values: Vec<f32>,
+    /// The same entries by diagonal: `diagonals[k * n + i]` is entry `(i, i + k - half)`
+    /// (0 outside the matrix), for products that run along the rows ([`normal_operator`]).
+    diagonals: Vec<f32>,
 }
 
 impl Band {
     fn at_mut(&mut self, i: usize, j: usize) -> &mut f32 {
         &mut self.values[i * (2 * self.half + 1) + self.half + j - i]
+    }
+
+    fn by_diagonal(&self) -> Vec<f32> {
+        let width = 2 * self.half + 1;
+        let mut diagonals = vec![0.0; width * self.n];
+        for (i, row) in self.values.chunks_exact(width).enumerate() {
+            for (k, &v) in row.iter().enumerate() {
+                diagonals[k * self.n + i] = v;
+            }
+        }
+        diagonals
     }
 
     fn mean_diagonal(&self) -> f32 {
@@ -239,12 +254,20 @@ impl Band {
 
 /// `G_y X G_x + λX` for `X` of `rows` x `cols` (row-major), through `tmp`.
 fn normal_operator(gy: &Band, gx: &Band, ridge: f32, x: &[f32], tmp: &mut [f32], out: &mut [f32]) {
-    let cols = gx.n;
-    // tmp = X G_x (G_x symmetric: column i of the product is row i of G_x against X's rows).
+    let (cols, half) = (gx.n, gx.half);
+    // tmp = X G_x (G_x symmetric: entry i of a row of the product is row i of G_x against
+    // X's row), one diagonal of G_x at a time so that it vectorises along the row. Each
+    // entry still sums its terms in column order.
     for (x_row, t_row) in x.chunks_exact(cols).zip(tmp.chunks_exact_mut(cols)) {
-        for (i, t) in t_row.iter_mut().enumerate() {
-            let (lo, g) = gx.row(i);
-            *t = g.iter().zip(&x_row[lo..]).map(|(a, b)| a * b).sum();
+        t_row.fill(0.0);
+        for (k, diagonal) in gx.diagonals.chunks_exact(cols).enumerate() {
+            // Entry (i, i + k - half) exists for i in lo..hi.
+            let (lo, hi) = (half.saturating_sub(k), (cols + half).saturating_sub(k).min(cols));
+            if lo >= hi {
+                continue;
+            }
+            let x_part = &x_row[lo + k - half..hi + k - half];
+            t_row[lo..hi].iter_mut().zip(&diagonal[lo..hi]).zip(x_part).for_each(|((t, &g), &xv)| *t += g * xv);
         }
     }
     // out = G_y tmp + λX.
