@@ -105,31 +105,33 @@ fn local_maxima(v: &[f32], threshold: f32) -> impl Iterator<Item = usize> + '_ {
     })
 }
 
-/// The 75th percentile of the edges' changes.
+/// The 75th percentile of the edges' changes (never negative, so their bits order as
+/// they do).
 fn full_weight_change(edges: &[(bool, u32, f32)]) -> f32 {
     if edges.is_empty() {
         return 0.0;
     }
-    let mut changes: Vec<f32> = edges.iter().map(|e| e.2).collect();
+    let mut changes: Vec<u32> = edges.iter().map(|e| e.2.to_bits()).collect();
     let k = changes.len() * 3 / 4;
-    *changes.select_nth_unstable_by(k, f32::total_cmp).1
+    f32::from_bits(*changes.select_nth_unstable(k).1)
 }
 
 /// The median change between neighbours: in pixel art most neighbours share a cell, so
 /// this is the noise level inside cells.
 fn typical_change(dx: &[f32], dy: &[f32], w: usize, h: usize) -> f32 {
-    let mut all: Vec<f32> = Vec::with_capacity(2 * w * h);
+    // Changes are L1 distances, never negative, so their bits order as they do.
+    let mut all: Vec<u32> = Vec::with_capacity(2 * w * h);
     for y in 0..h {
-        all.extend_from_slice(&dx[y * w + 1..(y + 1) * w]);
+        all.extend(dx[y * w + 1..(y + 1) * w].iter().map(|v| v.to_bits()));
         if y > 0 {
-            all.extend_from_slice(&dy[y * w..(y + 1) * w]);
+            all.extend(dy[y * w..(y + 1) * w].iter().map(|v| v.to_bits()));
         }
     }
     if all.is_empty() {
         return 0.0;
     }
     let mid = all.len() / 2;
-    *all.select_nth_unstable_by(mid, f32::total_cmp).1
+    f32::from_bits(*all.select_nth_unstable(mid).1)
 }
 
 #[cfg(test)]
