@@ -89,16 +89,18 @@ fn fold_ranges<const N: usize>(profiles: [&[f32]; N], period: f32, start: usize,
 }
 
 impl Folded {
-    /// The fold of two adjacent ranges together.
-    fn joined(&self, other: &Folded) -> Folded {
-        let add = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| x + y).collect();
-        Folded {
-            bin_width: self.bin_width,
-            sum: add(&self.sum, &other.sum),
-            count: add(&self.count, &other.count),
-            total_sum: self.total_sum + other.total_sum,
-            total_count: self.total_count + other.total_count,
-        }
+    /// The fold of two adjacent ranges together, into `out` (reused: this runs for every
+    /// window of every rung of the period ladder).
+    fn join_into(&self, other: &Folded, out: &mut Folded) {
+        let add = |out: &mut Vec<f32>, a: &[f32], b: &[f32]| {
+            out.clear();
+            out.extend(a.iter().zip(b).map(|(x, y)| x + y));
+        };
+        out.bin_width = self.bin_width;
+        add(&mut out.sum, &self.sum, &other.sum);
+        add(&mut out.count, &self.count, &other.count);
+        out.total_sum = self.total_sum + other.total_sum;
+        out.total_count = self.total_count + other.total_count;
     }
 }
 
@@ -254,18 +256,22 @@ fn windowed_fits<const N: usize>(profiles: [&[f32]; N], period: f32) -> [Option<
     let len = profiles.first().map_or(0, |p| p.len());
     let half = (window_len(len, period) / 2).max(1);
     let halves: Vec<[Folded; N]> = (0..len).step_by(half).map(|s| fold_ranges(profiles, period, s, s + half)).collect();
+    let mut window = Folded { bin_width: 0.0, sum: Vec::new(), count: Vec::new(), total_sum: 0.0, total_count: 0.0 };
     std::array::from_fn(|k| {
-        let windows: Vec<Folded> = if halves.len() < 2 {
-            vec![fold(profiles[k], period)]
-        } else {
-            halves.windows(2).map(|pair| pair[0][k].joined(&pair[1][k])).collect()
-        };
         let (mut score, mut contrast, mut mass) = (0.0f32, 0.0f32, 0.0f32);
-        for folded in &windows {
+        let mut add = |folded: &Folded| {
             if let Some(fit) = best_phase(folded, period, None) {
                 score += folded.total_sum * fit.score;
                 contrast += folded.total_sum * fit.contrast;
                 mass += folded.total_sum;
+            }
+        };
+        if halves.len() < 2 {
+            add(&fold(profiles[k], period));
+        } else {
+            for pair in halves.windows(2) {
+                pair[0][k].join_into(&pair[1][k], &mut window);
+                add(&window);
             }
         }
         (mass > 0.0).then(|| (score / mass, contrast / mass))
