@@ -36,6 +36,7 @@ pub struct CombFit {
 }
 
 /// Profile positions folded modulo a period into equal phase bins that tile the period.
+#[derive(Default)]
 struct Folded {
     bin_width: f32,
     sum: Vec<f32>,
@@ -52,20 +53,30 @@ fn fold(profile: &[f32], period: f32) -> Folded {
 /// Folds the profile positions in `start..end` (the image borders excluded), by their
 /// position in the whole profile, so that folds of adjacent ranges add up.
 fn fold_range(profile: &[f32], period: f32, start: usize, end: usize) -> Folded {
-    let [folded] = fold_ranges([profile], period, start, end);
+    let mut folded = [Folded::default()];
+    fold_ranges_into([profile], period, start, end, &mut folded);
+    let [folded] = folded;
     folded
 }
 
-/// [`fold_range`] of `N` profiles of one length at once: each position's bin is found
-/// once for all of them, and their position counts are the same.
-fn fold_ranges<const N: usize>(profiles: [&[f32]; N], period: f32, start: usize, end: usize) -> [Folded; N] {
+/// [`fold_range`] of `N` profiles of one length at once, into `out` (its buffers reused):
+/// each position's bin is found once for all of them, and their position counts are the
+/// same.
+fn fold_ranges_into<const N: usize>(profiles: [&[f32]; N], period: f32, start: usize, end: usize, out: &mut [Folded; N]) {
     let len = profiles.first().map_or(0, |p| p.len());
-    debug_assert!(profiles.iter().all(|p| p.len() == len), "fold_ranges needs profiles of one length");
+    debug_assert!(profiles.iter().all(|p| p.len() == len), "fold_ranges_into needs profiles of one length");
     let nbins = ((period * BINS_PER_PIXEL).round() as usize).max(1);
     let bin_width = period / nbins as f32;
     let inv_bin_width = 1.0 / bin_width;
-    let mut sums: [Vec<f32>; N] = std::array::from_fn(|_| vec![0.0f32; nbins]);
-    let mut count = vec![0.0f32; nbins];
+    for folded in out.iter_mut() {
+        folded.sum.clear();
+        folded.sum.resize(nbins, 0.0);
+    }
+    if N == 0 {
+        return;
+    }
+    out[0].count.clear();
+    out[0].count.resize(nbins, 0.0);
     let first = start.max(1);
     let last = end.min(len.saturating_sub(1));
     let values = profiles.map(|p| p.get(first..last).unwrap_or(&[]));
@@ -75,17 +86,25 @@ fn fold_ranges<const N: usize>(profiles: [&[f32]; N], period: f32, start: usize,
     for i in 0..last.saturating_sub(first) {
         let b = (pos * inv_bin_width + 0.5) as usize; // bin b is centred on b * bin_width
         let b = if b >= nbins { b - nbins } else { b };
-        for (sum, v) in sums.iter_mut().zip(&values) {
-            sum[b] += v[i];
+        for (folded, v) in out.iter_mut().zip(&values) {
+            folded.sum[b] += v[i];
         }
-        count[b] += 1.0;
+        out[0].count[b] += 1.0;
         pos += 1.0;
         if pos >= period {
             pos -= period;
         }
     }
-    let total_count = count.iter().sum();
-    sums.map(|sum| Folded { bin_width, total_sum: sum.iter().sum(), sum, count: count.clone(), total_count })
+    let total_count = out[0].count.iter().sum();
+    let (head, rest) = out.split_at_mut(1);
+    for folded in rest {
+        folded.count.clone_from(&head[0].count);
+    }
+    for folded in out.iter_mut() {
+        folded.bin_width = bin_width;
+        folded.total_sum = folded.sum.iter().sum();
+        folded.total_count = total_count;
+    }
 }
 
 impl Folded {
@@ -255,8 +274,30 @@ pub fn windowed_fit(profile: &[f32], period: f32) -> Option<(f32, f32)> {
 fn windowed_fits<const N: usize>(profiles: [&[f32]; N], period: f32) -> [Option<(f32, f32)>; N] {
     let len = profiles.first().map_or(0, |p| p.len());
     let half = (window_len(len, period) / 2).max(1);
-    let halves: Vec<[Folded; N]> = (0..len).step_by(half).map(|s| fold_ranges(profiles, period, s, s + half)).collect();
-    let mut window = Folded { bin_width: 0.0, sum: Vec::new(), count: Vec::new(), total_sum: 0.0, total_count: 0.0 };
+    FOLD_SCRATCH.with(|scratch| {
+        let (halves, window) = &mut *scratch.borrow_mut();
+        let count = len.div_ceil(half);
+        if halves.len() < count * N {
+            halves.resize_with(count * N, Folded::default);
+        }
+        let halves = &mut halves[..count * N];
+        for (h, folded) in halves.chunks_exact_mut(N.max(1)).enumerate() {
+            fold_ranges_into(profiles, period, h * half, (h + 1) * half, folded.try_into().expect("chunks of N"));
+        }
+        score_windows(profiles, period, halves, window)
+    })
+}
+
+thread_local! {
+    /// Half-window folds and one joined window, reused per thread: fresh buffers for every
+    /// rung of the period ladder cost more than the folding.
+    static FOLD_SCRATCH: std::cell::RefCell<(Vec<Folded>, Folded)> = std::cell::RefCell::new((Vec::new(), Folded::default()));
+}
+
+/// The windowed fits of [`windowed_fits`] from the profiles' half-window folds (half `h`
+/// of profile `k` at `halves[h * N + k]`).
+fn score_windows<const N: usize>(profiles: [&[f32]; N], period: f32, halves: &[Folded], window: &mut Folded) -> [Option<(f32, f32)>; N] {
+    let count = halves.len() / N.max(1);
     std::array::from_fn(|k| {
         let (mut score, mut contrast, mut mass) = (0.0f32, 0.0f32, 0.0f32);
         let mut add = |folded: &Folded| {
@@ -266,12 +307,12 @@ fn windowed_fits<const N: usize>(profiles: [&[f32]; N], period: f32) -> [Option<
                 mass += folded.total_sum;
             }
         };
-        if halves.len() < 2 {
+        if count < 2 {
             add(&fold(profiles[k], period));
         } else {
-            for pair in halves.windows(2) {
-                pair[0][k].join_into(&pair[1][k], &mut window);
-                add(&window);
+            for h in 1..count {
+                halves[(h - 1) * N + k].join_into(&halves[h * N + k], window);
+                add(window);
             }
         }
         (mass > 0.0).then(|| (score / mass, contrast / mass))
