@@ -115,15 +115,15 @@ struct AxisOperator {
 }
 
 impl AxisOperator {
-    /// The operator of an axis of `len` screen pixels whose cell boundaries are `lines`,
+    /// The operator of an axis whose cell boundaries are `lines`, upscaled by the taps
+    /// `upscaled` of its every screen pixel ([`upscale_all`]) and blurred by `sigma`,
     /// fitting every `stride`-th pixel.
-    fn new(lines: &[f32], len: u32, model: BlurModel, stride: u32) -> Self {
+    fn new(lines: &[f32], upscaled: &[Taps], sigma: f32, stride: u32) -> Self {
         let cells = lines.len() - 1;
+        let len = upscaled.len() as u32;
         // Pixels outside the grid belong to cells it does not have: they are not fitted.
         let (lo, hi) = (lines[0], lines[cells]);
-        let lines = extended_lines(lines);
-        let upscaled: Vec<Taps> = (0..len).map(|q| upscale_taps(&lines, q as f32 + 0.5, model.kernel)).collect();
-        let blur = gaussian(model.sigma);
+        let blur = gaussian(sigma);
         let radius = (blur.len() / 2) as i64;
         let mut op = AxisOperator { cells, pixel: vec![], first: vec![], span: vec![0], weights: vec![] };
         let mut scratch = vec![0.0f32; cells];
@@ -185,6 +185,39 @@ fn extended_lines(lines: &[f32]) -> Vec<f32> {
         out[n] = out[n].max(lines[n - 1] + mean);
     }
     out
+}
+
+/// The upscale taps of every screen pixel of an axis of `len` pixels whose cell boundaries
+/// are `lines`: shared by all models with that kernel (they differ in their blur).
+fn upscale_all(lines: &[f32], len: u32, kernel: Kernel) -> Vec<Taps> {
+    let lines = extended_lines(lines);
+    (0..len).map(|q| upscale_taps(&lines, q as f32 + 0.5, kernel)).collect()
+}
+
+/// A grid and [`upscale_all`] of both its axes on one image, for each kernel of
+/// [`MODELS`]: computed once per image instead of once per model.
+struct KernelTaps<'a> {
+    grid: &'a Grid,
+    /// (kernel, x taps, y taps).
+    kernels: Vec<(Kernel, Vec<Taps>, Vec<Taps>)>,
+}
+
+impl<'a> KernelTaps<'a> {
+    fn new(grid: &'a Grid, width: usize, height: usize) -> Self {
+        let mut kernels: Vec<(Kernel, Vec<Taps>, Vec<Taps>)> = Vec::new();
+        for m in MODELS {
+            if kernels.iter().all(|(k, _, _)| *k != m.kernel) {
+                kernels.push((m.kernel, upscale_all(&grid.x_lines, width as u32, m.kernel), upscale_all(&grid.y_lines, height as u32, m.kernel)));
+            }
+        }
+        KernelTaps { grid, kernels }
+    }
+
+    /// The x and y taps of `kernel`, one of [`MODELS`]' kernels.
+    fn of(&self, kernel: Kernel) -> (&[Taps], &[Taps]) {
+        let (_, x, y) = self.kernels.iter().find(|(k, _, _)| *k == kernel).expect("every kernel of MODELS has taps");
+        (x, y)
+    }
 }
 
 /// The cells screen coordinate `x` draws from under `kernel`: the degradation's own taps
@@ -388,9 +421,10 @@ struct Problem {
 }
 
 impl Problem {
-    fn new(grid: &Grid, width: usize, height: usize, model: BlurModel, stride: (u32, u32)) -> Self {
-        let ax = AxisOperator::new(&grid.x_lines, width as u32, model, stride.0);
-        let ay = AxisOperator::new(&grid.y_lines, height as u32, model, stride.1);
+    fn new(taps: &KernelTaps, model: BlurModel, stride: (u32, u32)) -> Self {
+        let (x_taps, y_taps) = taps.of(model.kernel);
+        let ax = AxisOperator::new(&taps.grid.x_lines, x_taps, model.sigma, stride.0);
+        let ay = AxisOperator::new(&taps.grid.y_lines, y_taps, model.sigma, stride.1);
         let (gx, gy) = (ax.gram(), ay.gram());
         let ridge = RIDGE * gx.mean_diagonal() * gy.mean_diagonal();
         Problem { ax, ay, gx, gy, ridge }
@@ -537,8 +571,8 @@ impl Problem {
     }
 }
 
-/// Fits `model` to `image` under `grid`, on every `stride`-th pixel of each axis, starting
-/// from `start` and pulled towards `prior`.
+/// Fits `model` to `image` under the grid of `taps` (with its upscale taps), on every
+/// `stride`-th pixel of each axis, starting from `start` and pulled towards `prior`.
 ///
 /// A single (summed) plane is fitted by plain least squares. The four planes of an image
 /// are fitted with what 8-bit storage did to them undone as far as it can be (`refits`
@@ -553,8 +587,8 @@ impl Problem {
 /// The residual is taken against the completed samples, so a model is not blamed for
 /// values the image could not hold, and on the four planes only over pixels at least
 /// [`INTERIOR_RADIUS`] inside the opaque area, when there are [`MIN_INTERIOR_SAMPLES`].
-fn fit(image: &Planes, grid: &Grid, model: BlurModel, prior: &Planes, start: &Planes, stride: (u32, u32), refits: usize) -> Fit {
-    let problem = Problem::new(grid, image.width, image.height, model, stride);
+fn fit(image: &Planes, taps: &KernelTaps, model: BlurModel, prior: &Planes, start: &Planes, stride: (u32, u32), refits: usize) -> Fit {
+    let problem = Problem::new(taps, model, stride);
     let samples = |c: usize| problem.samples(&image.planes[c], image.width);
     let fits: Vec<PlaneFit> = if image.planes.len() == 4 {
         let bound = 0.5 / 255.0;
@@ -640,9 +674,10 @@ pub fn refine(img: &RgbaImage, grid: &Grid, cells: &mut CellColours) -> Option<B
     // Which family: on the summed plane, plain least squares (cheap; censoring barely
     // moves the gap between hard and smooth cell edges).
     let (summed, summed_prior) = (Planes::summed(img), prior.sum_of_planes());
+    let taps = KernelTaps::new(grid, summed.width, summed.height);
     let least = |fits: &mut dyn Iterator<Item = Fit>| fits.min_by(|a, b| a.residual.total_cmp(&b.residual));
     let family = |nearest: bool| {
-        least(&mut MODELS.iter().filter(|m| (m.kernel == Kernel::Nearest) == nearest).map(|&m| fit(&summed, grid, m, &summed_prior, &summed_prior, selection_stride, 0)))
+        least(&mut MODELS.iter().filter(|m| (m.kernel == Kernel::Nearest) == nearest).map(|&m| fit(&summed, &taps, m, &summed_prior, &summed_prior, selection_stride, 0)))
     };
     let (nearest, interpolated) = (family(true)?, family(false)?);
     if interpolated.residual > MAX_INTERPOLATED_RESIDUAL_RATIO * nearest.residual {
@@ -655,14 +690,14 @@ pub fn refine(img: &RgbaImage, grid: &Grid, cells: &mut CellColours) -> Option<B
     let mut best: Option<Fit> = None;
     let mut start = Planes { width: cols, height: rows, planes: prior.planes.clone(), interior: vec![] };
     for &m in MODELS.iter().filter(|m| m.kernel != Kernel::Nearest) {
-        let candidate = fit(&image, grid, m, &prior, &start, selection_stride, 1);
+        let candidate = fit(&image, &taps, m, &prior, &start, selection_stride, 1);
         start.planes.clone_from(&candidate.cells);
         if best.as_ref().is_none_or(|b| candidate.residual < b.residual) {
             best = Some(candidate);
         }
     }
     let best = best?;
-    let refit = fit(&image, grid, best.model, &prior, &Planes { width: cols, height: rows, planes: best.cells, interior: vec![] }, (1, 1), CENSORED_REFITS);
+    let refit = fit(&image, &taps, best.model, &prior, &Planes { width: cols, height: rows, planes: best.cells, interior: vec![] }, (1, 1), CENSORED_REFITS);
     // The cells' spread stands for their noise (see `cell_noise`): a fitted cell has no
     // interior of its own, so it is the OKLab size of the fit's residual at its colour.
     let noise = refit.residual.sqrt();
@@ -879,7 +914,8 @@ mod tests {
         ) {
             let lines = lines_from(&widths, start);
             let len = lines[lines.len() - 1].ceil() as u32 + 2;
-            let op = AxisOperator::new(&lines, len, MODELS[model_index], 1);
+            let model = MODELS[model_index];
+            let op = AxisOperator::new(&lines, &upscale_all(&lines, len, model.kernel), model.sigma, 1);
             prop_assert!(!op.pixel.is_empty());
             for i in 0..op.pixel.len() {
                 let (first, w) = op.row(i);
@@ -901,8 +937,11 @@ mod tests {
         ) {
             let (xl, yl) = (lines_from(&x_widths, 0.0), lines_from(&y_widths, 0.0));
             let model = MODELS[model_index];
-            let ax = AxisOperator::new(&xl, xl[xl.len() - 1].ceil() as u32, model, 1);
-            let ay = AxisOperator::new(&yl, yl[yl.len() - 1].ceil() as u32, model, 1);
+            let axis = |lines: &[f32]| {
+                let len = lines[lines.len() - 1].ceil() as u32;
+                AxisOperator::new(lines, &upscale_all(lines, len, model.kernel), model.sigma, 1)
+            };
+            let (ax, ay) = (axis(&xl), axis(&yl));
             let (cols, rows) = (ax.cells, ay.cells);
             let mut rng = rng_from_seed(seed);
             let x: Vec<f32> = (0..rows * cols).map(|_| rng.random_range(-1.0..1.0)).collect();
