@@ -75,7 +75,11 @@ fn im2col<T: WithDType>(input: &[T], g: Geometry) -> Vec<T> {
             let (before, rest) = band.split_at_mut(kx_lo * g.c);
             let (inside, after) = rest.split_at_mut((kx_hi - kx_lo) * g.c);
             before.fill(zero);
-            inside.write_copy_of_slice(&input[src..src + inside.len()]);
+            // (`write_copy_of_slice` would say the same but needs Rust 1.93; the MSRV is 1.85.)
+            let copied = &input[src..src + inside.len()];
+            for (slot, &v) in inside.iter_mut().zip(copied) {
+                slot.write(v);
+            }
             after.fill(zero);
         }
     });
