@@ -30,14 +30,14 @@ const MIN_EDGE: f32 = 8.0;
 /// An edge must exceed this many times the typical change between neighbours.
 const NOISE_FACTOR: f32 = 3.0;
 
-/// Premultiplied RGBA of every pixel, as f32 in 0-255.
-fn premultiplied(img: &RgbaImage) -> Vec<[f32; 4]> {
-    img.pixels()
-        .map(|p| {
-            let a = f32::from(p[3]) / 255.0;
-            [f32::from(p[0]) * a, f32::from(p[1]) * a, f32::from(p[2]) * a, f32::from(p[3])]
-        })
-        .collect()
+/// Premultiplied RGBA of one row of pixels, as f32 in 0-255, into `out`.
+fn premultiplied_row(img: &RgbaImage, y: u32, out: &mut Vec<[f32; 4]>) {
+    out.clear();
+    out.extend((0..img.width()).map(|x| {
+        let p = img.get_pixel(x, y);
+        let a = f32::from(p[3]) / 255.0;
+        [f32::from(p[0]) * a, f32::from(p[1]) * a, f32::from(p[2]) * a, f32::from(p[3])]
+    }));
 }
 
 fn l1(a: [f32; 4], b: [f32; 4]) -> f32 {
@@ -47,39 +47,42 @@ fn l1(a: [f32; 4], b: [f32; 4]) -> f32 {
 /// Computes both edge profiles.
 pub fn edge_profiles(img: &RgbaImage) -> EdgeProfiles {
     let (w, h) = (img.width() as usize, img.height() as usize);
-    let px = premultiplied(img);
     // dx[y * w + x]: change between (x - 1, y) and (x, y), for x in 1..w (index 0 unused).
     let mut dx = vec![0.0f32; w * h];
     let mut dy = vec![0.0f32; w * h]; // dy[y * w + x]: change between (x, y - 1) and (x, y)
+    let (mut above, mut row) = (Vec::with_capacity(w), Vec::with_capacity(w));
     for y in 0..h {
-        for x in 0..w {
-            let i = y * w + x;
-            if x > 0 {
-                dx[i] = l1(px[i - 1], px[i]);
-            }
-            if y > 0 {
-                dy[i] = l1(px[i - w], px[i]);
+        premultiplied_row(img, y as u32, &mut row);
+        let dx_row = &mut dx[y * w..(y + 1) * w];
+        for x in 1..w {
+            dx_row[x] = l1(row[x - 1], row[x]);
+        }
+        if y > 0 {
+            for ((d, &a), &b) in dy[y * w..(y + 1) * w].iter_mut().zip(&above).zip(&row) {
+                *d = l1(a, b);
             }
         }
+        std::mem::swap(&mut above, &mut row);
     }
     let threshold = (NOISE_FACTOR * typical_change(&dx, &dy, w, h)).max(MIN_EDGE);
-    // Edges as (axis, boundary index, change): local maxima above the threshold.
+    // Edges as (axis, boundary index, change): local maxima above the threshold, along
+    // each row for vertical boundaries, along each column for horizontal ones (found row
+    // by row, comparing each change with those above and below it).
     let mut edges: Vec<(bool, u32, f32)> = Vec::new();
-    let mut line = Vec::with_capacity(w.max(h));
     for y in 0..h {
-        line.clear();
-        line.extend_from_slice(&dx[y * w..(y + 1) * w]);
-        line[0] = 0.0;
-        for i in local_maxima(&line, threshold) {
-            edges.push((true, i as u32, line[i]));
+        let dx_row = &dx[y * w..(y + 1) * w];
+        for i in local_maxima(dx_row, threshold) {
+            edges.push((true, i as u32, dx_row[i]));
         }
     }
-    for x in 0..w {
-        line.clear();
-        line.extend((0..h).map(|y| dy[y * w + x]));
-        line[0] = 0.0;
-        for i in local_maxima(&line, threshold) {
-            edges.push((false, i as u32, line[i]));
+    for y in 1..h {
+        let (above, here) = (&dy[(y - 1) * w..y * w], &dy[y * w..(y + 1) * w]);
+        let below = dy.get((y + 1) * w..(y + 2) * w);
+        for x in 0..w {
+            let c = here[x];
+            if c > threshold && c > above[x] && below.is_none_or(|b| c >= b[x]) {
+                edges.push((false, y as u32, c));
+            }
         }
     }
     let full = full_weight_change(&edges).max(threshold);
