@@ -6,6 +6,16 @@ use anyhow::{bail, Context, Result};
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
+/// Images `spritedx restore` restores at once with the snap restorer when `--jobs` is not
+/// given: twice the cores. A snap restore is short next to the flush to disk that makes its
+/// output durable before the atomic rename, and a core waiting on that flush would idle;
+/// with twice the workers another image computes meanwhile. Measured on 2 cores, 64 images
+/// of 256x256 file to file: 248 images/s with 2 workers, 267 with 3, 281 with 4. The
+/// learned models keep one worker per core: they are CPU-bound and parallel inside.
+pub fn snap_jobs() -> usize {
+    2 * std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
 /// Expands the command line's inputs: a file is taken as it is (whatever its extension), a
 /// folder gives its image files (not recursive), anything else is a glob pattern. An input
 /// matching nothing is an error, so a typo never passes silently.

@@ -5,7 +5,7 @@ use anyhow::{bail, Context, Result};
 use image::imageops;
 use rayon::prelude::*;
 use serde::Serialize;
-use spritedx::batch::{expand_inputs, plan_outputs, preview_path};
+use spritedx::batch::{expand_inputs, plan_outputs, preview_path, snap_jobs};
 use spritedx::decoder::{AlphaMode, DecodeOptions, PaletteChoice};
 use spritedx::grid::GridOptions;
 use spritedx::io::{load_rgba_with, save_png_atomic, ReadLimits, DEFAULT_MAX_PIXELS};
@@ -100,7 +100,8 @@ pub struct RestoreArgs {
     /// Refuse images with more pixels than this.
     #[arg(long, default_value_t = DEFAULT_MAX_PIXELS)]
     max_pixels: u64,
-    /// Images restored at once (default: all cores).
+    /// Images restored at once (default: twice the cores for snap, whose restores would
+    /// otherwise wait on disk writes; one per core for the learned models).
     #[arg(long)]
     jobs: Option<usize>,
 }
@@ -226,7 +227,9 @@ pub fn run(args: RestoreArgs) -> Result<ExitCode> {
     }
     let limits = ReadLimits { max_pixels: args.max_pixels };
     let bar = progress_bar(inputs.len() as u64, "restore");
-    let pool = rayon::ThreadPoolBuilder::new().num_threads(args.jobs.unwrap_or(0)).build()?;
+    // 0: rayon's default, one worker per core.
+    let jobs = args.jobs.unwrap_or(if matches!(engine, Engine::Snap) { snap_jobs() } else { 0 });
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(jobs).build()?;
     let started = Instant::now();
     let entries: Vec<ReportEntry> = pool.install(|| {
         inputs

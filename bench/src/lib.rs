@@ -5,7 +5,9 @@
 //! Three modes per size:
 //! - single, in memory (ours only; the other tool has no in-memory API outside WASM);
 //! - single, file to file: one image at a time, read PNG, restore, write PNG;
-//! - batch, file to file: a whole folder on every core.
+//! - batch, file to file: a whole folder, ours with the workers `spritedx restore` uses
+//!   ([`spritedx::batch::snap_jobs`], twice the cores), theirs on its own rayon pool (one
+//!   per core).
 //!
 //! Single modes run in a one-thread rayon pool, so both tools are single-threaded there
 //! whatever they parallelise internally. This is a benchmark, not a test: it asserts nothing
@@ -16,6 +18,7 @@ use image::{Rgba, RgbaImage};
 use rayon::prelude::*;
 use spritedx::degrade::{degrade, Preset};
 use spritedx::io::{load_rgba, save_png_atomic};
+use spritedx::batch::snap_jobs;
 use spritedx::pairs::list_images;
 use spritedx::snap::{restore, SnapOptions};
 use spritedx::split::{in_split, Split};
@@ -84,9 +87,10 @@ pub fn run() -> Result<()> {
 
     println!("spritedx snap vs spritefusion-pixel-snapper 1.0.0{}", if quick { " (quick smoke run)" } else { "" });
     println!(
-        "machine: {}, {} cores; batch uses {} rayon threads, single modes 1",
+        "machine: {}, {} cores; batch uses {} workers for ours (as `spritedx restore` does) and {} rayon threads for theirs, single modes 1",
         cpu_model(),
         std::thread::available_parallelism().map_or(1, |n| n.get()),
+        snap_jobs(),
         rayon::current_num_threads()
     );
     println!("inputs: {source}, degraded with the ai preset at a fixed scale");
@@ -197,8 +201,11 @@ fn bench_size(inputs: &Inputs, timing: &Timing) -> Result<Vec<Row>> {
         Ok((ours, theirs))
     })?;
     // The batch modes list the folder inside the timed pass, as the other tool does.
-    let ours_batch = measure(n, timing, || {
-        list_images(&inputs.folder)?.par_iter().map(|p| ours_file(p, &ours_out, &opts)).sum::<Result<usize>>()
+    let ours_pool = rayon::ThreadPoolBuilder::new().num_threads(snap_jobs()).build()?;
+    let ours_batch = ours_pool.install(|| {
+        measure(n, timing, || {
+            list_images(&inputs.folder)?.par_iter().map(|p| ours_file(p, &ours_out, &opts)).sum::<Result<usize>>()
+        })
     })?;
     let theirs_batch = measure(n, timing, || theirs_folder(&inputs.folder, &theirs_out))?;
 
@@ -206,7 +213,7 @@ fn bench_size(inputs: &Inputs, timing: &Timing) -> Result<Vec<Row>> {
     Ok(vec![
         row("single, in memory", memory, None),
         row("single, file to file", ours_single, Some(theirs_single)),
-        row(&format!("batch, file to file ({} thr)", rayon::current_num_threads()), ours_batch, Some(theirs_batch)),
+        row(&format!("batch, file to file ({}/{} thr)", snap_jobs(), rayon::current_num_threads()), ours_batch, Some(theirs_batch)),
     ])
 }
 
@@ -266,7 +273,7 @@ fn measure(images: usize, timing: &Timing, mut pass: impl FnMut() -> Result<usiz
 fn print_table(rows: &[Row]) {
     println!();
     println!(
-        "{:<10} {:<28} {:>7} {:>12} {:>13} {:>12}",
+        "{:<10} {:<30} {:>7} {:>12} {:>13} {:>12}",
         "size", "mode", "images", "ours img/s", "theirs img/s", "ours/theirs"
     );
     for row in rows {
@@ -275,7 +282,7 @@ fn print_table(rows: &[Row]) {
             None => ("-".to_owned(), "-".to_owned()),
         };
         let size = format!("{0}x{0}", row.side);
-        println!("{size:<10} {:<28} {:>7} {:>12.1} {theirs:>13} {ratio:>12}", row.mode, row.images, row.ours.rate);
+        println!("{size:<10} {:<30} {:>7} {:>12.1} {theirs:>13} {ratio:>12}", row.mode, row.images, row.ours.rate);
     }
     for row in rows {
         for (tool, cell) in [("ours", Some(row.ours)), ("theirs", row.theirs)] {
