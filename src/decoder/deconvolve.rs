@@ -121,17 +121,11 @@ impl AxisOperator {
     fn new(lines: &[f32], upscaled: &[Taps], sigma: f32, stride: u32) -> Self {
         let cells = lines.len() - 1;
         let len = upscaled.len() as u32;
-        // Pixels outside the grid belong to cells it does not have: they are not fitted.
-        let (lo, hi) = (lines[0], lines[cells]);
         let blur = gaussian(sigma);
         let radius = (blur.len() / 2) as i64;
         let mut op = AxisOperator { cells, pixel: vec![], first: vec![], span: vec![0], weights: vec![] };
         let mut scratch = vec![0.0f32; cells];
-        for p in (0..len).step_by(stride as usize) {
-            let centre = p as f32 + 0.5;
-            if centre < lo || centre > hi {
-                continue;
-            }
+        for p in fitted_pixels(lines, len, stride) {
             let (mut min, mut max) = (cells, 0);
             for (t, &g) in blur.iter().enumerate() {
                 // Clamp to edge, as the blur that made the image did.
@@ -172,6 +166,20 @@ impl AxisOperator {
         band.diagonals = band.by_diagonal();
         band
     }
+}
+
+/// The screen pixels an axis of `len` pixels with cell boundaries `lines` fits: every
+/// `stride`-th one whose centre lies inside the grid (pixels outside belong to cells the
+/// grid does not have).
+fn fitted_pixels(lines: &[f32], len: u32, stride: u32) -> Vec<u32> {
+    let (lo, hi) = (lines[0], lines[lines.len() - 1]);
+    (0..len)
+        .step_by(stride as usize)
+        .filter(|&p| {
+            let centre = p as f32 + 0.5;
+            centre >= lo && centre <= hi
+        })
+        .collect()
 }
 
 /// The grid's lines with partial border cells widened to the mean interior cell: the true
@@ -382,6 +390,23 @@ impl Planes {
         Planes { width: img.width() as usize, height: img.height() as usize, planes, interior: vec![] }
     }
 
+    /// The planes (and interior) at the pixels every model fits under `grid` at `stride`
+    /// ([`fitted_pixels`]), row-major: taken once and shared by all the models fitted.
+    fn sampled(&self, grid: &Grid, stride: (u32, u32)) -> Self {
+        let xs = fitted_pixels(&grid.x_lines, self.width as u32, stride.0);
+        let ys = fitted_pixels(&grid.y_lines, self.height as u32, stride.1);
+        let sample = |plane: &[f32]| {
+            let mut out = Vec::with_capacity(xs.len() * ys.len());
+            for &y in &ys {
+                let row = &plane[y as usize * self.width..];
+                out.extend(xs.iter().map(|&x| row[x as usize]));
+            }
+            out
+        };
+        let interior = if self.interior.is_empty() { vec![] } else { sample(&self.interior) };
+        Planes { width: xs.len(), height: ys.len(), planes: self.planes.iter().map(|p| sample(p)).collect(), interior }
+    }
+
     /// The sum of the planes (of cells, for the summed image's prior).
     fn sum_of_planes(&self) -> Self {
         let mut sum = self.planes[0].clone();
@@ -428,16 +453,6 @@ impl Problem {
         let (gx, gy) = (ax.gram(), ay.gram());
         let ridge = RIDGE * gx.mean_diagonal() * gy.mean_diagonal();
         Problem { ax, ay, gx, gy, ridge }
-    }
-
-    /// The fitted pixels of `plane` (image `width` wide), row-major.
-    fn samples(&self, plane: &[f32], width: usize) -> Vec<f32> {
-        let mut out = Vec::with_capacity(self.ax.pixel.len() * self.ay.pixel.len());
-        for &y in &self.ay.pixel {
-            let row = &plane[y as usize * width..];
-            out.extend(self.ax.pixel.iter().map(|&x| row[x as usize]));
-        }
-        out
     }
 
     /// `A_yᵀ Y A_x` of fitted samples `y`.
@@ -571,8 +586,9 @@ impl Problem {
     }
 }
 
-/// Fits `model` to `image` under the grid of `taps` (with its upscale taps), on every
-/// `stride`-th pixel of each axis, starting from `start` and pulled towards `prior`.
+/// Fits `model` to an image under the grid of `taps` (with its upscale taps), on every
+/// `stride`-th pixel of each axis (`sampled`: the image's planes there, see
+/// [`Planes::sampled`]), starting from `start` and pulled towards `prior`.
 ///
 /// A single (summed) plane is fitted by plain least squares. The four planes of an image
 /// are fitted with what 8-bit storage did to them undone as far as it can be (`refits`
@@ -587,20 +603,20 @@ impl Problem {
 /// The residual is taken against the completed samples, so a model is not blamed for
 /// values the image could not hold, and on the four planes only over pixels at least
 /// [`INTERIOR_RADIUS`] inside the opaque area, when there are [`MIN_INTERIOR_SAMPLES`].
-fn fit(image: &Planes, taps: &KernelTaps, model: BlurModel, prior: &Planes, start: &Planes, stride: (u32, u32), refits: usize) -> Fit {
+fn fit(sampled: &Planes, taps: &KernelTaps, model: BlurModel, prior: &Planes, start: &Planes, stride: (u32, u32), refits: usize) -> Fit {
     let problem = Problem::new(taps, model, stride);
-    let samples = |c: usize| problem.samples(&image.planes[c], image.width);
-    let fits: Vec<PlaneFit> = if image.planes.len() == 4 {
+    debug_assert_eq!((problem.ax.pixel.len(), problem.ay.pixel.len()), (sampled.width, sampled.height), "sampled at another stride");
+    let fits: Vec<PlaneFit> = if sampled.planes.len() == 4 {
         let bound = 0.5 / 255.0;
-        let alpha = samples(3);
+        let alpha = &sampled.planes[3];
         let alpha_kinds: Vec<Sample> = alpha
             .iter()
             .map(|&a| if a <= bound { Sample::AtMost } else if a >= 1.0 - bound { Sample::AtLeast } else { Sample::Exact })
             .collect();
-        let alpha_fit = problem.fit_censored(&alpha, &alpha_kinds, &prior.planes[3], &start.planes[3], refits);
+        let alpha_fit = problem.fit_censored(alpha, &alpha_kinds, &prior.planes[3], &start.planes[3], refits);
         let mut fits: Vec<PlaneFit> = (0..3)
             .map(|c| {
-                let premultiplied = samples(c);
+                let premultiplied = &sampled.planes[c];
                 let (mut observed, mut kinds) = (Vec::with_capacity(alpha.len()), Vec::with_capacity(alpha.len()));
                 for i in 0..alpha.len() {
                     if alpha[i] <= bound {
@@ -624,9 +640,9 @@ fn fit(image: &Planes, taps: &KernelTaps, model: BlurModel, prior: &Planes, star
         fits.push(alpha_fit);
         fits
     } else {
-        image.planes.iter().zip(&prior.planes).zip(&start.planes).map(|((plane, prior), start)| problem.fit_censored(&problem.samples(plane, image.width), &[], prior, start, 0)).collect()
+        sampled.planes.iter().zip(&prior.planes).zip(&start.planes).map(|((plane, prior), start)| problem.fit_censored(plane, &[], prior, start, 0)).collect()
     };
-    let interior = if image.interior.is_empty() { vec![] } else { problem.samples(&image.interior, image.width) };
+    let interior = &sampled.interior;
     let use_interior = interior.iter().filter(|&&v| v > 0.0).count() >= MIN_INTERIOR_SAMPLES;
     let (total, count) = if use_interior {
         fits.iter().fold((0.0f64, 0usize), |(total, count), f| {
@@ -635,7 +651,7 @@ fn fit(image: &Planes, taps: &KernelTaps, model: BlurModel, prior: &Planes, star
             inside.fold((total, count), |(t, n), i| (t + f64::from((predicted[i] - f.completed[i]).powi(2)), n + 1))
         })
     } else {
-        (fits.iter().map(|f| problem.residual_of(f)).sum(), problem.ax.pixel.len() * problem.ay.pixel.len() * image.planes.len())
+        (fits.iter().map(|f| problem.residual_of(f)).sum(), problem.ax.pixel.len() * problem.ay.pixel.len() * sampled.planes.len())
     };
     let residual = (total.max(0.0) / count.max(1) as f64) as f32;
     let (cells, completed) = fits.into_iter().map(|f| (f.cells, f.completed)).unzip();
@@ -675,6 +691,7 @@ pub fn refine(img: &RgbaImage, grid: &Grid, cells: &mut CellColours) -> Option<B
     // moves the gap between hard and smooth cell edges).
     let (summed, summed_prior) = (Planes::summed(img), prior.sum_of_planes());
     let taps = KernelTaps::new(grid, summed.width, summed.height);
+    let summed = summed.sampled(grid, selection_stride);
     let least = |fits: &mut dyn Iterator<Item = Fit>| fits.min_by(|a, b| a.residual.total_cmp(&b.residual));
     let family = |nearest: bool| {
         least(&mut MODELS.iter().filter(|m| (m.kernel == Kernel::Nearest) == nearest).map(|&m| fit(&summed, &taps, m, &summed_prior, &summed_prior, selection_stride, 0)))
@@ -686,18 +703,19 @@ pub fn refine(img: &RgbaImage, grid: &Grid, cells: &mut CellColours) -> Option<B
     // Which kernel and blur: on all four planes with clipped samples censored, since
     // clipping biases plain least squares towards too little blur.
     let image = Planes::premultiplied(img);
+    let selection = image.sampled(grid, selection_stride);
     // Each fit starts from the previous one (the models come in order of blur).
     let mut best: Option<Fit> = None;
     let mut start = Planes { width: cols, height: rows, planes: prior.planes.clone(), interior: vec![] };
     for &m in MODELS.iter().filter(|m| m.kernel != Kernel::Nearest) {
-        let candidate = fit(&image, &taps, m, &prior, &start, selection_stride, 1);
+        let candidate = fit(&selection, &taps, m, &prior, &start, selection_stride, 1);
         start.planes.clone_from(&candidate.cells);
         if best.as_ref().is_none_or(|b| candidate.residual < b.residual) {
             best = Some(candidate);
         }
     }
     let best = best?;
-    let refit = fit(&image, &taps, best.model, &prior, &Planes { width: cols, height: rows, planes: best.cells, interior: vec![] }, (1, 1), CENSORED_REFITS);
+    let refit = fit(&image.sampled(grid, (1, 1)), &taps, best.model, &prior, &Planes { width: cols, height: rows, planes: best.cells, interior: vec![] }, (1, 1), CENSORED_REFITS);
     // The cells' spread stands for their noise (see `cell_noise`): a fitted cell has no
     // interior of its own, so it is the OKLab size of the fit's residual at its colour.
     let noise = refit.residual.sqrt();
