@@ -521,13 +521,14 @@ mod tests {
         // generators draw: nearly every cell has a colour of its own. The spread cap alone
         // would read flat cells as clean texture and keep hundreds of colours.
         let truth = [[200, 60, 50], [60, 140, 70], [70, 80, 190], [220, 200, 90]].map(srgb8_to_oklab);
+        let block_colour = |i: usize| truth[(i % 16) / 4 % 2 + 2 * ((i / 16) / 4 % 2)];
         let offset = |i: usize, k: u64| {
             let u = |j: u64| (crate::rng::splitmix64(i as u64 * 8 + k * 2 + j) % 10_000) as f32 / 10_000.0;
             (u(0) + u(1) - 1.0) * 0.03
         };
         let colour: Vec<Oklab> = (0..256)
             .map(|i| {
-                let c = truth[(i % 16) / 4 % 2 + 2 * ((i / 16) / 4 % 2)];
+                let c = block_colour(i);
                 Oklab { l: c.l + offset(i, 0), a: c.a + offset(i, 1), b: c.b + offset(i, 2) }
             })
             .collect();
@@ -542,7 +543,7 @@ mod tests {
             assert!(got.iter().zip(want).all(|(g, w)| g.abs_diff(*w) <= 8), "{got:?} against {want:?}");
         }
         // Clean art reuses its colours: the same layout undrifted is palettised.
-        let clean: Vec<Oklab> = (0..256).map(|i| truth[(i % 16) / 4 % 2 + 2 * ((i / 16) / 4 % 2)]).collect();
+        let clean: Vec<Oklab> = (0..256).map(block_colour).collect();
         assert!(!is_unpalettised(&clean));
     }
 

@@ -270,7 +270,7 @@ pub fn windowed_fit(profile: &[f32], period: f32) -> Option<(f32, f32)> {
     fit
 }
 
-/// [`windowed_fit`] of `N` profiles of one length, folded together ([`fold_ranges`]).
+/// [`windowed_fit`] of `N` profiles of one length, folded together ([`fold_ranges_into`]).
 fn windowed_fits<const N: usize>(profiles: [&[f32]; N], period: f32) -> [Option<(f32, f32)>; N] {
     let len = profiles.first().map_or(0, |p| p.len());
     let half = (window_len(len, period) / 2).max(1);
