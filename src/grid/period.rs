@@ -47,21 +47,16 @@ struct Folded {
 
 /// Folds the interior of the profile (the image borders are not grid evidence).
 fn fold(profile: &[f32], period: f32) -> Folded {
-    fold_range(profile, period, 0, profile.len())
-}
-
-/// Folds the profile positions in `start..end` (the image borders excluded), by their
-/// position in the whole profile, so that folds of adjacent ranges add up.
-fn fold_range(profile: &[f32], period: f32, start: usize, end: usize) -> Folded {
     let mut folded = [Folded::default()];
-    fold_ranges_into([profile], period, start, end, &mut folded);
+    fold_ranges_into([profile], period, 0, profile.len(), &mut folded);
     let [folded] = folded;
     folded
 }
 
-/// [`fold_range`] of `N` profiles of one length at once, into `out` (its buffers reused):
-/// each position's bin is found once for all of them, and their position counts are the
-/// same.
+/// Folds the positions in `start..end` (the image borders excluded) of `N` profiles of one
+/// length at once, by their position in the whole profile, so that folds of adjacent
+/// ranges add up; into `out`, whose buffers are reused. Each position's bin is found once
+/// for all the profiles, and their position counts are the same.
 fn fold_ranges_into<const N: usize>(profiles: [&[f32]; N], period: f32, start: usize, end: usize, out: &mut [Folded; N]) {
     let len = profiles.first().map_or(0, |p| p.len());
     debug_assert!(profiles.iter().all(|p| p.len() == len), "fold_ranges_into needs profiles of one length");
