@@ -311,20 +311,20 @@ fn set_to_channel_medians(palette: &mut Palette, samples: &[Oklab], assignment: 
 /// (flat cells, different neighbours) from noise; [`decode`] lifts the cap where the cells
 /// are not palettised ([`is_unpalettised`]), since drift leaves cells flat inside too.
 fn cell_noise(cells: &CellColours, visible: &[bool], nearest: &[f32], capped_by_spread: bool) -> f32 {
-    let spreads: Vec<f32> = (0..visible.len()).filter(|&i| visible[i]).map(|i| cells.spread[i]).collect();
-    if spreads.is_empty() {
-        return 0.0;
-    }
     let median = |mut values: Vec<f32>| -> f32 {
         let mid = values.len() / 2;
         *values.select_nth_unstable_by(mid, f32::total_cmp).1
     };
+    // No visible cell has no neighbour distance either: both cases give 0.
     let neighbour_distance = if nearest.is_empty() { 0.0 } else { median(nearest.to_vec()) };
-    if capped_by_spread {
-        neighbour_distance.min(DRIFT_PER_INTERIOR_NOISE * median(spreads))
-    } else {
-        neighbour_distance
+    if !capped_by_spread {
+        return neighbour_distance;
     }
+    let spreads: Vec<f32> = (0..visible.len()).filter(|&i| visible[i]).map(|i| cells.spread[i]).collect();
+    if spreads.is_empty() {
+        return 0.0;
+    }
+    neighbour_distance.min(DRIFT_PER_INTERIOR_NOISE * median(spreads))
 }
 
 /// Whether the cells have more distinct colours (as sRGB8) than
