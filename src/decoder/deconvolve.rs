@@ -438,6 +438,7 @@ fn all_within(set: &[bool], len: usize, lines: usize, step: usize, line_step: us
 /// One model's least-squares problem on one grid: the axis operators, their Gram
 /// matrices and the ridge weight.
 struct Problem {
+    model: BlurModel,
     ax: AxisOperator,
     ay: AxisOperator,
     gx: Band,
@@ -452,21 +453,15 @@ impl Problem {
         let ay = AxisOperator::new(&taps.grid.y_lines, y_taps, model.sigma, stride.1);
         let (gx, gy) = (ax.gram(), ay.gram());
         let ridge = RIDGE * gx.mean_diagonal() * gy.mean_diagonal();
-        Problem { ax, ay, gx, gy, ridge }
+        Problem { model, ax, ay, gx, gy, ridge }
     }
 
-    /// `A_yᵀ Y A_x` of fitted samples `y`.
-    fn data_term(&self, y: &[f32]) -> Vec<f32> {
-        let (cols, fitted_cols, fitted_rows) = (self.ax.cells, self.ax.pixel.len(), self.ay.pixel.len());
+    /// `A_yᵀ Y A_x` of fitted samples `Y`, given transposed (`y_t`, see [`transposed`]).
+    fn data_term(&self, y_t: &[f32]) -> Vec<f32> {
+        let (cols, fitted_rows) = (self.ax.cells, self.ay.pixel.len());
         // `Y A_x` column by column: with the samples transposed, each weight of `A_x` scales a
         // whole sample column into a cell column (contiguous, so it vectorises). Every sum
         // still adds its terms in the order of the fitted pixels.
-        let mut y_t = vec![0.0f32; y.len()];
-        for (iy, row) in y.chunks_exact(fitted_cols).enumerate() {
-            for (ix, &v) in row.iter().enumerate() {
-                y_t[ix * fitted_rows + iy] = v;
-            }
-        }
         let mut y_ax_t = vec![0.0f32; cols * fitted_rows];
         for (ix, column) in y_t.chunks_exact(fitted_rows).enumerate() {
             let (first, w) = self.ax.row(ix);
@@ -524,11 +519,10 @@ impl Problem {
     }
 }
 
-/// A fitted model: its problem, its cells (one plane per image plane, rows x cols), the
-/// completed samples they were fitted to, and its mean squared residual per sample.
+/// A fitted model: its cells (one plane per image plane, rows x cols), the completed
+/// samples they were fitted to, and its mean squared residual per sample.
 struct Fit {
     model: BlurModel,
-    problem: Problem,
     cells: Vec<Vec<f32>>,
     completed: Vec<Vec<f32>>,
     residual: f32,
@@ -547,12 +541,101 @@ enum Sample {
     Unknown,
 }
 
+/// One plane of fitted samples: their values (row-major, and [`transposed`] for
+/// [`Problem::data_term`], once for every model fitted to them) and what each says of the
+/// model's value there (empty: all [`Sample::Exact`]).
+struct Observed {
+    values: Vec<f32>,
+    transposed: Vec<f32>,
+    kinds: Vec<Sample>,
+    /// `Σ values²`, the residual's constant term for the models fitted without refits.
+    sum_of_squares: f64,
+}
+
+impl Observed {
+    fn new(values: Vec<f32>, kinds: Vec<Sample>, width: usize) -> Self {
+        Observed { transposed: transposed(&values, width), sum_of_squares: sum_of_squares(&values), values, kinds }
+    }
+}
+
+fn sum_of_squares(values: &[f32]) -> f64 {
+    values.iter().map(|&v| f64::from(v * v)).sum()
+}
+
+/// What the models are fitted to: the sampled planes of an image ([`Planes::sampled`]),
+/// `width` x `height` samples each, and their interior mask (see [`Planes::interior`]).
+struct Observations {
+    width: usize,
+    height: usize,
+    planes: Vec<Observed>,
+    interior: Vec<f32>,
+}
+
+impl Observations {
+    /// Every sample taken as exact: for the summed plane's plain least squares.
+    fn exact(sampled: Planes) -> Self {
+        let Planes { width, height, planes, interior } = sampled;
+        let planes = planes.into_iter().map(|values| Observed::new(values, vec![], width)).collect();
+        Observations { width, height, planes, interior }
+    }
+
+    /// The four premultiplied planes, each sample marked with what 8-bit storage did to it
+    /// (see [`fit`]).
+    fn censored(sampled: Planes) -> Self {
+        let Planes { width, height, planes, interior } = sampled;
+        let bound = 0.5 / 255.0;
+        let alpha = &planes[3];
+        let alpha_kinds: Vec<Sample> = alpha
+            .iter()
+            .map(|&a| if a <= bound { Sample::AtMost } else if a >= 1.0 - bound { Sample::AtLeast } else { Sample::Exact })
+            .collect();
+        let mut observed: Vec<Observed> = planes[..3]
+            .iter()
+            .map(|premultiplied| {
+                let (mut values, mut kinds) = (Vec::with_capacity(alpha.len()), Vec::with_capacity(alpha.len()));
+                for (&v, &a) in premultiplied.iter().zip(alpha) {
+                    if a <= bound {
+                        values.push(0.0);
+                        kinds.push(Sample::Unknown);
+                        continue;
+                    }
+                    let straight = v / a;
+                    values.push(v);
+                    kinds.push(if straight <= bound {
+                        Sample::AtMost
+                    } else if straight >= 1.0 - bound {
+                        Sample::AtLeast
+                    } else {
+                        Sample::Exact
+                    });
+                }
+                Observed::new(values, kinds, width)
+            })
+            .collect();
+        observed.push(Observed::new(alpha.clone(), alpha_kinds, width));
+        Observations { width, height, planes: observed, interior }
+    }
+}
+
+/// `values`, `width` wide and row-major, as columns one after another.
+fn transposed(values: &[f32], width: usize) -> Vec<f32> {
+    let height = values.len() / width.max(1);
+    let mut out = vec![0.0f32; values.len()];
+    for (iy, row) in values.chunks_exact(width).enumerate() {
+        for (ix, &v) in row.iter().enumerate() {
+            out[ix * height + iy] = v;
+        }
+    }
+    out
+}
+
 /// A censored least-squares fit of one plane: its cells, the completed samples (clipped and
-/// unknown ones replaced by the fit's prediction where that is past them) and their data
-/// term `A_yᵀ Y A_x`.
+/// unknown ones replaced by the fit's prediction where that is past them; `refitted` is
+/// false when they are still the observed ones) and their data term `A_yᵀ Y A_x`.
 struct PlaneFit {
     cells: Vec<f32>,
     completed: Vec<f32>,
+    refitted: bool,
     data: Vec<f32>,
 }
 
@@ -560,40 +643,44 @@ impl Problem {
     /// Fits `observed` (fitted samples, with what each says) from and towards `prior`.
     /// Each of `refits` rounds completes the samples from the current fit and solves again
     /// (an EM iteration for censored data; each round lowers the censored objective).
-    fn fit_censored(&self, observed: &[f32], kinds: &[Sample], prior: &[f32], start: &[f32], refits: usize) -> PlaneFit {
-        let mut completed = observed.to_vec();
-        let mut data = self.data_term(&completed);
+    fn fit_censored(&self, observed: &Observed, prior: &[f32], start: &[f32], refits: usize) -> PlaneFit {
+        let Observed { values, transposed: values_t, kinds, .. } = observed;
+        let mut completed = values.clone();
+        let mut data = self.data_term(values_t);
         let mut cells = self.solve(&data, prior, start.to_vec());
         let any_censored = kinds.iter().any(|&k| k != Sample::Exact);
-        for _ in 0..if any_censored { refits } else { 0 } {
+        let refits = if any_censored { refits } else { 0 };
+        for _ in 0..refits {
             let predicted = self.predict(&cells);
             for (i, &kind) in kinds.iter().enumerate() {
                 completed[i] = match kind {
-                    Sample::Exact => observed[i],
-                    Sample::AtMost => predicted[i].min(observed[i]),
-                    Sample::AtLeast => predicted[i].max(observed[i]),
+                    Sample::Exact => values[i],
+                    Sample::AtMost => predicted[i].min(values[i]),
+                    Sample::AtLeast => predicted[i].max(values[i]),
                     Sample::Unknown => predicted[i],
                 };
             }
-            data = self.data_term(&completed);
+            data = self.data_term(&transposed(&completed, self.ax.pixel.len()));
             cells = self.solve(&data, prior, cells);
         }
-        PlaneFit { cells, completed, data }
+        PlaneFit { cells, completed, refitted: refits > 0, data }
     }
 
-    fn residual_of(&self, fit: &PlaneFit) -> f64 {
-        self.squared_residual(&fit.cells, &fit.data, fit.completed.iter().map(|&v| f64::from(v * v)).sum())
+    /// The squared residual of `fit` of `observed`.
+    fn residual_of(&self, fit: &PlaneFit, observed: &Observed) -> f64 {
+        let yy = if fit.refitted { sum_of_squares(&fit.completed) } else { observed.sum_of_squares };
+        self.squared_residual(&fit.cells, &fit.data, yy)
     }
 }
 
-/// Fits `model` to an image under the grid of `taps` (with its upscale taps), on every
-/// `stride`-th pixel of each axis (`sampled`: the image's planes there, see
-/// [`Planes::sampled`]), starting from `start` and pulled towards `prior`.
+/// Fits `problem`'s model to `observations` (an image sampled at the problem's stride),
+/// starting from `start` and pulled towards `prior`.
 ///
-/// A single (summed) plane is fitted by plain least squares. The four planes of an image
-/// are fitted with what 8-bit storage did to them undone as far as it can be (`refits`
-/// rounds, see [`Problem::fit_censored`]); otherwise plain least squares reads the clipped
-/// overshoot of an interpolating kernel as less blur than there is:
+/// The summed plane ([`Observations::exact`]) is fitted by plain least squares. The four
+/// planes of an image ([`Observations::censored`]) are fitted with what 8-bit storage did
+/// to them undone as far as it can be (`refits` rounds, see [`Problem::fit_censored`]);
+/// otherwise plain least squares reads the clipped overshoot of an interpolating kernel as
+/// less blur than there is:
 /// - alpha is clipped at transparent and opaque;
 /// - straight colour is clipped at black and white (so premultiplied colour at 0 and at
 ///   the pixel's alpha), and says nothing where the pixel is stored fully transparent.
@@ -603,46 +690,12 @@ impl Problem {
 /// The residual is taken against the completed samples, so a model is not blamed for
 /// values the image could not hold, and on the four planes only over pixels at least
 /// [`INTERIOR_RADIUS`] inside the opaque area, when there are [`MIN_INTERIOR_SAMPLES`].
-fn fit(sampled: &Planes, taps: &KernelTaps, model: BlurModel, prior: &Planes, start: &Planes, stride: (u32, u32), refits: usize) -> Fit {
-    let problem = Problem::new(taps, model, stride);
-    debug_assert_eq!((problem.ax.pixel.len(), problem.ay.pixel.len()), (sampled.width, sampled.height), "sampled at another stride");
-    let fits: Vec<PlaneFit> = if sampled.planes.len() == 4 {
-        let bound = 0.5 / 255.0;
-        let alpha = &sampled.planes[3];
-        let alpha_kinds: Vec<Sample> = alpha
-            .iter()
-            .map(|&a| if a <= bound { Sample::AtMost } else if a >= 1.0 - bound { Sample::AtLeast } else { Sample::Exact })
-            .collect();
-        let alpha_fit = problem.fit_censored(alpha, &alpha_kinds, &prior.planes[3], &start.planes[3], refits);
-        let mut fits: Vec<PlaneFit> = (0..3)
-            .map(|c| {
-                let premultiplied = &sampled.planes[c];
-                let (mut observed, mut kinds) = (Vec::with_capacity(alpha.len()), Vec::with_capacity(alpha.len()));
-                for i in 0..alpha.len() {
-                    if alpha[i] <= bound {
-                        observed.push(0.0);
-                        kinds.push(Sample::Unknown);
-                        continue;
-                    }
-                    let straight = premultiplied[i] / alpha[i];
-                    observed.push(premultiplied[i]);
-                    kinds.push(if straight <= bound {
-                        Sample::AtMost
-                    } else if straight >= 1.0 - bound {
-                        Sample::AtLeast
-                    } else {
-                        Sample::Exact
-                    });
-                }
-                problem.fit_censored(&observed, &kinds, &prior.planes[c], &start.planes[c], refits)
-            })
-            .collect();
-        fits.push(alpha_fit);
-        fits
-    } else {
-        sampled.planes.iter().zip(&prior.planes).zip(&start.planes).map(|((plane, prior), start)| problem.fit_censored(plane, &[], prior, start, 0)).collect()
-    };
-    let interior = &sampled.interior;
+fn fit(observations: &Observations, problem: &Problem, prior: &Planes, start: &Planes, refits: usize) -> Fit {
+    debug_assert_eq!((problem.ax.pixel.len(), problem.ay.pixel.len()), (observations.width, observations.height), "sampled at another stride");
+    let fits: Vec<PlaneFit> = (observations.planes.iter().zip(&prior.planes).zip(&start.planes))
+        .map(|((observed, prior), start)| problem.fit_censored(observed, prior, start, refits))
+        .collect();
+    let interior = &observations.interior;
     let use_interior = interior.iter().filter(|&&v| v > 0.0).count() >= MIN_INTERIOR_SAMPLES;
     let (total, count) = if use_interior {
         fits.iter().fold((0.0f64, 0usize), |(total, count), f| {
@@ -651,11 +704,11 @@ fn fit(sampled: &Planes, taps: &KernelTaps, model: BlurModel, prior: &Planes, st
             inside.fold((total, count), |(t, n), i| (t + f64::from((predicted[i] - f.completed[i]).powi(2)), n + 1))
         })
     } else {
-        (fits.iter().map(|f| problem.residual_of(f)).sum(), problem.ax.pixel.len() * problem.ay.pixel.len() * sampled.planes.len())
+        (fits.iter().zip(&observations.planes).map(|(f, observed)| problem.residual_of(f, observed)).sum(), problem.ax.pixel.len() * problem.ay.pixel.len() * observations.planes.len())
     };
     let residual = (total.max(0.0) / count.max(1) as f64) as f32;
     let (cells, completed) = fits.into_iter().map(|f| (f.cells, f.completed)).unzip();
-    Fit { model, problem, cells, completed, residual }
+    Fit { model: problem.model, cells, completed, residual }
 }
 
 /// Refits the colour and alpha of `cells` (reduced from `img` under `grid`) when the image
@@ -691,10 +744,12 @@ pub fn refine(img: &RgbaImage, grid: &Grid, cells: &mut CellColours) -> Option<B
     // moves the gap between hard and smooth cell edges).
     let (summed, summed_prior) = (Planes::summed(img), prior.sum_of_planes());
     let taps = KernelTaps::new(grid, summed.width, summed.height);
-    let summed = summed.sampled(grid, selection_stride);
+    let summed = Observations::exact(summed.sampled(grid, selection_stride));
+    // Both stages fit at this stride: the interpolating models' problems serve twice.
+    let problems: Vec<Problem> = MODELS.iter().map(|&m| Problem::new(&taps, m, selection_stride)).collect();
     let least = |fits: &mut dyn Iterator<Item = Fit>| fits.min_by(|a, b| a.residual.total_cmp(&b.residual));
     let family = |nearest: bool| {
-        least(&mut MODELS.iter().filter(|m| (m.kernel == Kernel::Nearest) == nearest).map(|&m| fit(&summed, &taps, m, &summed_prior, &summed_prior, selection_stride, 0)))
+        least(&mut problems.iter().filter(|p| (p.model.kernel == Kernel::Nearest) == nearest).map(|p| fit(&summed, p, &summed_prior, &summed_prior, 0)))
     };
     let (nearest, interpolated) = (family(true)?, family(false)?);
     if interpolated.residual > MAX_INTERPOLATED_RESIDUAL_RATIO * nearest.residual {
@@ -703,19 +758,20 @@ pub fn refine(img: &RgbaImage, grid: &Grid, cells: &mut CellColours) -> Option<B
     // Which kernel and blur: on all four planes with clipped samples censored, since
     // clipping biases plain least squares towards too little blur.
     let image = Planes::premultiplied(img);
-    let selection = image.sampled(grid, selection_stride);
+    let selection = Observations::censored(image.sampled(grid, selection_stride));
     // Each fit starts from the previous one (the models come in order of blur).
     let mut best: Option<Fit> = None;
     let mut start = Planes { width: cols, height: rows, planes: prior.planes.clone(), interior: vec![] };
-    for &m in MODELS.iter().filter(|m| m.kernel != Kernel::Nearest) {
-        let candidate = fit(&selection, &taps, m, &prior, &start, selection_stride, 1);
+    for problem in problems.iter().filter(|p| p.model.kernel != Kernel::Nearest) {
+        let candidate = fit(&selection, problem, &prior, &start, 1);
         start.planes.clone_from(&candidate.cells);
         if best.as_ref().is_none_or(|b| candidate.residual < b.residual) {
             best = Some(candidate);
         }
     }
     let best = best?;
-    let refit = fit(&image.sampled(grid, (1, 1)), &taps, best.model, &prior, &Planes { width: cols, height: rows, planes: best.cells, interior: vec![] }, (1, 1), CENSORED_REFITS);
+    let problem = Problem::new(&taps, best.model, (1, 1));
+    let refit = fit(&Observations::censored(image.sampled(grid, (1, 1))), &problem, &prior, &Planes { width: cols, height: rows, planes: best.cells, interior: vec![] }, CENSORED_REFITS);
     // The cells' spread stands for their noise (see `cell_noise`): a fitted cell has no
     // interior of its own, so it is the OKLab size of the fit's residual at its colour.
     let noise = refit.residual.sqrt();
@@ -729,7 +785,7 @@ pub fn refine(img: &RgbaImage, grid: &Grid, cells: &mut CellColours) -> Option<B
             cells.spread[i] = cells.colour[i].dist(oklab(if srgb.iter().all(|&v| v + noise <= 1.0) { noise } else { -noise }));
         }
     }
-    Some(BlurFit { model: refit.model, problem: refit.problem, completed: refit.completed })
+    Some(BlurFit { model: refit.model, problem, completed: refit.completed })
 }
 
 /// Sweeps of [`BlurFit::reassign`] at most (each visits every cell once).
