@@ -159,7 +159,7 @@ pub fn reduce_cells(img: &RgbaImage, grid: &Grid) -> CellColours {
                     samples.push((srgb8_to_oklab([p[0], p[1], p[2]]), f32::from(p[3]), wx * wy));
                 }
             }
-            let (c, a, s) = robust_colour(&mut samples);
+            let (c, a, s) = robust_colour(&samples);
             colour.push(c);
             alpha.push(a);
             spread.push(s);
@@ -171,14 +171,27 @@ pub fn reduce_cells(img: &RgbaImage, grid: &Grid) -> CellColours {
 /// Weighted medians of alpha, and of each OKLab channel over the pixels at least half
 /// opaque (all pixels when none is), so a transparent pixel's colour never leaks in; and
 /// the weighted median distance of those pixels from that colour (the cell's spread).
-fn robust_colour(samples: &mut [(Oklab, f32, f32)]) -> (Oklab, f32, f32) {
-    let mut keyed: Vec<(f32, f32)> = samples.iter().map(|s| (s.1, s.2)).collect();
-    let alpha = weighted_median(&mut keyed);
-    let opaque: Vec<&(Oklab, f32, f32)> = samples.iter().filter(|s| s.1 >= 128.0).collect();
-    let pool: Vec<&(Oklab, f32, f32)> = if opaque.is_empty() { samples.iter().collect() } else { opaque };
+fn robust_colour(samples: &[(Oklab, f32, f32)]) -> (Oklab, f32, f32) {
+    let mut keyed: Vec<(u32, f32)> = Vec::with_capacity(samples.len());
+    // Most cells are wholly opaque or wholly transparent: their median alpha needs no sort.
+    let first_alpha = samples.first().map_or(0.0, |s| s.1);
+    let alpha = if samples.iter().all(|s| s.1 == first_alpha) {
+        first_alpha
+    } else {
+        keyed.extend(samples.iter().map(|s| (ordered_key(s.1), s.2)));
+        weighted_median(&mut keyed)
+    };
+    let opaque_count = samples.iter().filter(|s| s.1 >= 128.0).count();
+    let opaque: Vec<(Oklab, f32, f32)>;
+    let pool: &[(Oklab, f32, f32)] = if opaque_count == 0 || opaque_count == samples.len() {
+        samples
+    } else {
+        opaque = samples.iter().filter(|s| s.1 >= 128.0).copied().collect();
+        &opaque
+    };
     let mut channel = |f: fn(&Oklab) -> f32| {
         keyed.clear();
-        keyed.extend(pool.iter().map(|s| (f(&s.0), s.2)));
+        keyed.extend(pool.iter().map(|s| (ordered_key(f(&s.0)), s.2)));
         weighted_median(&mut keyed)
     };
     let l = channel(|c| c.l);
@@ -186,26 +199,39 @@ fn robust_colour(samples: &mut [(Oklab, f32, f32)]) -> (Oklab, f32, f32) {
     let b = channel(|c| c.b);
     let colour = Oklab { l, a, b };
     keyed.clear();
-    keyed.extend(pool.iter().map(|s| (s.0.dist(colour), s.2)));
+    keyed.extend(pool.iter().map(|s| (ordered_key(s.0.dist(colour)), s.2)));
     let spread = weighted_median(&mut keyed);
     (colour, alpha, spread)
 }
 
-/// The lower weighted median of (value, weight) pairs.
-pub fn weighted_median(values: &mut [(f32, f32)]) -> f32 {
+/// `v` as an integer that orders as [`f32::total_cmp`] orders the floats: the medians sort
+/// these, as comparing integers is cheaper (and gives the same order, so the same result).
+fn ordered_key(v: f32) -> u32 {
+    let bits = v.to_bits();
+    // Negative floats: every bit flipped; others: the sign bit set.
+    bits ^ ((((bits as i32) >> 31) as u32) | 0x8000_0000)
+}
+
+/// The float of an [`ordered_key`].
+fn from_ordered_key(key: u32) -> f32 {
+    f32::from_bits(key ^ ((((!key as i32) >> 31) as u32) | 0x8000_0000))
+}
+
+/// The lower weighted median of (value as [`ordered_key`], weight) pairs.
+fn weighted_median(values: &mut [(u32, f32)]) -> f32 {
     if values.is_empty() {
         return 0.0;
     }
-    values.sort_unstable_by(|x, y| x.0.total_cmp(&y.0));
+    values.sort_unstable_by_key(|v| v.0);
     let half = values.iter().map(|v| v.1).sum::<f32>() / 2.0;
     let mut acc = 0.0;
     for &(v, w) in values.iter() {
         acc += w;
         if acc >= half {
-            return v;
+            return from_ordered_key(v);
         }
     }
-    values[values.len() - 1].0
+    from_ordered_key(values[values.len() - 1].0)
 }
 
 /// Turns reduced cells into the final sprite.
@@ -436,7 +462,7 @@ mod tests {
 
     #[test]
     fn weighted_median_resists_outliers() {
-        let mut v = vec![(1.0, 1.0), (1.1, 1.0), (0.9, 1.0), (100.0, 1.0), (-50.0, 0.5)];
+        let mut v: Vec<(u32, f32)> = [(1.0, 1.0), (1.1, 1.0), (0.9, 1.0), (100.0, 1.0), (-50.0, 0.5)].map(|(v, w)| (ordered_key(v), w)).to_vec();
         let m = weighted_median(&mut v);
         assert!((0.9..=1.1).contains(&m), "{m}");
     }
