@@ -460,6 +460,17 @@ mod tests {
         }
     }
 
+    proptest::proptest! {
+        /// The medians' integer keys order every float, NaNs and signed zeros included, as
+        /// `total_cmp` does, and give the float back bit for bit.
+        #[test]
+        fn ordered_keys_order_as_total_cmp(x_bits: u32, y_bits: u32) {
+            let (x, y) = (f32::from_bits(x_bits), f32::from_bits(y_bits));
+            proptest::prop_assert_eq!(ordered_key(x).cmp(&ordered_key(y)), x.total_cmp(&y));
+            proptest::prop_assert_eq!(from_ordered_key(ordered_key(x)).to_bits(), x_bits);
+        }
+    }
+
     #[test]
     fn weighted_median_resists_outliers() {
         let mut v: Vec<(u32, f32)> = [(1.0, 1.0), (1.1, 1.0), (0.9, 1.0), (100.0, 1.0), (-50.0, 0.5)].map(|(v, w)| (ordered_key(v), w)).to_vec();
