@@ -30,18 +30,32 @@ const MIN_EDGE: f32 = 8.0;
 /// An edge must exceed this many times the typical change between neighbours.
 const NOISE_FACTOR: f32 = 3.0;
 
-/// Premultiplied RGBA of one row of pixels, as f32 in 0-255, into `out`.
-fn premultiplied_row(img: &RgbaImage, y: u32, out: &mut Vec<[f32; 4]>) {
-    out.clear();
-    out.extend((0..img.width()).map(|x| {
-        let p = img.get_pixel(x, y);
+/// Premultiplied RGBA of one row of pixels, as f32 in 0-255, one plane per channel (so
+/// that the changes between pixels vectorise across the row), into `out`.
+fn premultiplied_row(img: &RgbaImage, y: u32, out: &mut [Vec<f32>; 4]) {
+    let w = img.width() as usize;
+    let bytes = &img.as_raw()[y as usize * w * 4..(y as usize + 1) * w * 4];
+    for plane in out.iter_mut() {
+        plane.resize(w, 0.0);
+    }
+    let [r, g, b, alpha] = out;
+    for ((((p, r), g), b), alpha) in bytes.chunks_exact(4).zip(r.iter_mut()).zip(g.iter_mut()).zip(b.iter_mut()).zip(alpha.iter_mut()) {
         let a = f32::from(p[3]) / 255.0;
-        [f32::from(p[0]) * a, f32::from(p[1]) * a, f32::from(p[2]) * a, f32::from(p[3])]
-    }));
+        (*r, *g, *b, *alpha) = (f32::from(p[0]) * a, f32::from(p[1]) * a, f32::from(p[2]) * a, f32::from(p[3]));
+    }
 }
 
-fn l1(a: [f32; 4], b: [f32; 4]) -> f32 {
-    (a[0] - b[0]).abs() + (a[1] - b[1]).abs() + (a[2] - b[2]).abs() + (a[3] - b[3]).abs()
+/// `out[i]`: the L1 distance of pixels `from[..][i]` and `to[..][i]` (planar RGBA), summed
+/// over the channels in order, one channel per pass.
+fn l1_changes(out: &mut [f32], from: [&[f32]; 4], to: [&[f32]; 4]) {
+    for (c, (from, to)) in from.into_iter().zip(to).enumerate() {
+        let (from, to) = (&from[..out.len()], &to[..out.len()]);
+        if c == 0 {
+            out.iter_mut().zip(from.iter().zip(to)).for_each(|(o, (a, b))| *o = (a - b).abs());
+        } else {
+            out.iter_mut().zip(from.iter().zip(to)).for_each(|(o, (a, b))| *o += (a - b).abs());
+        }
+    }
 }
 
 /// Computes both edge profiles.
@@ -50,17 +64,15 @@ pub fn edge_profiles(img: &RgbaImage) -> EdgeProfiles {
     // dx[y * w + x]: change between (x - 1, y) and (x, y), for x in 1..w (index 0 unused).
     let mut dx = vec![0.0f32; w * h];
     let mut dy = vec![0.0f32; w * h]; // dy[y * w + x]: change between (x, y - 1) and (x, y)
-    let (mut above, mut row) = (Vec::with_capacity(w), Vec::with_capacity(w));
+    let planes = || std::array::from_fn::<Vec<f32>, 4, _>(|_| Vec::with_capacity(w));
+    let (mut above, mut row) = (planes(), planes());
     for y in 0..h {
         premultiplied_row(img, y as u32, &mut row);
-        let dx_row = &mut dx[y * w..(y + 1) * w];
-        for x in 1..w {
-            dx_row[x] = l1(row[x - 1], row[x]);
+        if w > 1 {
+            l1_changes(&mut dx[y * w + 1..(y + 1) * w], std::array::from_fn(|c| &row[c][..w - 1]), std::array::from_fn(|c| &row[c][1..]));
         }
         if y > 0 {
-            for ((d, &a), &b) in dy[y * w..(y + 1) * w].iter_mut().zip(&above).zip(&row) {
-                *d = l1(a, b);
-            }
+            l1_changes(&mut dy[y * w..(y + 1) * w], std::array::from_fn(|c| &above[c][..]), std::array::from_fn(|c| &row[c][..]));
         }
         std::mem::swap(&mut above, &mut row);
     }
@@ -68,22 +80,24 @@ pub fn edge_profiles(img: &RgbaImage) -> EdgeProfiles {
     // Edges as (axis, boundary index, change): local maxima above the threshold, along
     // each row for vertical boundaries, along each column for horizontal ones (found row
     // by row, comparing each change with those above and below it).
+    // A change past the last one is compared with itself, which it always equals.
     let mut edges: Vec<(bool, u32, f32)> = Vec::new();
     for y in 0..h {
-        let dx_row = &dx[y * w..(y + 1) * w];
-        for i in local_maxima(dx_row, threshold) {
-            edges.push((true, i as u32, dx_row[i]));
-        }
+        let v = &dx[y * w..(y + 1) * w];
+        let is_edge = |i: usize| {
+            let c = v[i];
+            (c > threshold) & (c > v[i - 1]) & (c >= v[(i + 1).min(w - 1)])
+        };
+        for_each_hit(1..w, is_edge, |i| edges.push((true, i as u32, v[i])));
     }
     for y in 1..h {
         let (above, here) = (&dy[(y - 1) * w..y * w], &dy[y * w..(y + 1) * w]);
-        let below = dy.get((y + 1) * w..(y + 2) * w);
-        for x in 0..w {
+        let below = dy.get((y + 1) * w..(y + 2) * w).unwrap_or(here);
+        let is_edge = |x: usize| {
             let c = here[x];
-            if c > threshold && c > above[x] && below.is_none_or(|b| c >= b[x]) {
-                edges.push((false, y as u32, c));
-            }
-        }
+            (c > threshold) & (c > above[x]) & (c >= below[x])
+        };
+        for_each_hit(0..w, is_edge, |x| edges.push((false, y as u32, here[x])));
     }
     let full = full_weight_change(&edges).max(threshold);
     let mut x_profile = vec![0.0f32; w + 1];
@@ -99,13 +113,21 @@ pub fn edge_profiles(img: &RgbaImage) -> EdgeProfiles {
     EdgeProfiles { x: x_profile, y: y_profile }
 }
 
-/// Indices whose value exceeds `threshold`, is larger than the value before it and at
-/// least as large as the value after it.
-fn local_maxima(v: &[f32], threshold: f32) -> impl Iterator<Item = usize> + '_ {
-    (1..v.len()).filter(move |&i| {
-        let c = v[i];
-        c > threshold && c > v[i - 1] && v.get(i + 1).is_none_or(|&n| c >= n)
-    })
+/// Calls `found(i)` for every `i` of `range` where `hit(i)`, in order. The hits are
+/// gathered 64 at a time as a bit mask: edges are too frequent for a branch per index to
+/// be predicted.
+fn for_each_hit(range: std::ops::Range<usize>, hit: impl Fn(usize) -> bool, mut found: impl FnMut(usize)) {
+    for start in range.clone().step_by(64) {
+        let end = (start + 64).min(range.end);
+        let mut mask = 0u64;
+        for i in start..end {
+            mask |= u64::from(hit(i)) << (i - start);
+        }
+        while mask != 0 {
+            found(start + mask.trailing_zeros() as usize);
+            mask &= mask - 1;
+        }
+    }
 }
 
 /// The 75th percentile of the edges' changes (never negative, so their bits order as
