@@ -6,7 +6,7 @@
 //! in the destination folder, which is then renamed over the destination, so a crash or a
 //! full disk never leaves a half-written output.
 
-use image::{ImageFormat, ImageReader, RgbaImage};
+use image::{DynamicImage, ImageDecoder, ImageFormat, ImageReader, RgbaImage};
 use std::io::{BufReader, Write};
 use std::path::{Path, PathBuf};
 
@@ -50,13 +50,10 @@ pub fn load_rgba(path: &Path) -> Result<RgbaImage, ImageIoError> {
 
 /// Reads an image file into RGBA8. The format is taken from the content, not the extension.
 pub fn load_rgba_with(path: &Path, limits: ReadLimits) -> Result<RgbaImage, ImageIoError> {
-    let open = || -> Result<ImageReader<BufReader<std::fs::File>>, ImageIoError> {
-        let unreadable = |source| ImageIoError::Unreadable { path: path.to_owned(), source };
-        let file = std::fs::File::open(path).map_err(unreadable)?;
-        ImageReader::new(BufReader::new(file)).with_guessed_format().map_err(unreadable)
-    };
-    let probe = open()?;
-    let format = match probe.format() {
+    let unreadable = |source| ImageIoError::Unreadable { path: path.to_owned(), source };
+    let file = std::fs::File::open(path).map_err(unreadable)?;
+    let mut reader = ImageReader::new(BufReader::new(file)).with_guessed_format().map_err(unreadable)?;
+    let format = match reader.format() {
         Some(f @ (ImageFormat::Png | ImageFormat::Jpeg | ImageFormat::WebP | ImageFormat::Gif | ImageFormat::Bmp)) => f,
         _ => return Err(ImageIoError::NotAnImage { path: path.to_owned() }),
     };
@@ -65,19 +62,20 @@ pub fn load_rgba_with(path: &Path, limits: ReadLimits) -> Result<RgbaImage, Imag
         format: format!("{format:?}").to_uppercase(),
         detail: e.to_string(),
     };
-    // The header's size is checked before decoding, so a huge image is refused cheaply.
-    let (width, height) = probe.into_dimensions().map_err(corrupt)?;
+    let mut decoder_limits = image::Limits::default();
+    decoder_limits.max_alloc = Some(limits.max_pixels.saturating_mul(16).max(1 << 26));
+    reader.limits(decoder_limits);
+    // The decoder reads only the header until asked for pixels, so a huge image is
+    // refused cheaply.
+    let decoder = reader.into_decoder().map_err(corrupt)?;
+    let (width, height) = decoder.dimensions();
     if width == 0 || height == 0 {
         return Err(ImageIoError::ZeroSized { path: path.to_owned(), width, height });
     }
     if u64::from(width) * u64::from(height) > limits.max_pixels {
         return Err(ImageIoError::TooLarge { path: path.to_owned(), width, height, max_pixels: limits.max_pixels });
     }
-    let mut reader = open()?;
-    let mut decoder_limits = image::Limits::default();
-    decoder_limits.max_alloc = Some(limits.max_pixels.saturating_mul(16).max(1 << 26));
-    reader.limits(decoder_limits);
-    Ok(reader.decode().map_err(corrupt)?.into_rgba8())
+    Ok(DynamicImage::from_decoder(decoder).map_err(corrupt)?.into_rgba8())
 }
 
 /// Writes an RGBA8 image as PNG, atomically (temporary file in the same folder, then rename).
