@@ -430,14 +430,16 @@ fn coarsen(profiles: &[&[f32]], mut period: f32, max_period: f32) -> f32 {
             if coarse > max_period {
                 continue;
             }
-            let (mut strongest, mut weakest) = (0.0f32, 0.0f32);
+            // The rest: the strongest of the sub-combs other than the strongest.
+            let (mut strongest, mut rest) = (0.0f32, 0.0f32);
             for profile in profiles {
                 let Some(fit) = fit_period(profile, period, None) else { continue };
-                let subs: Vec<f32> = (0..k).map(|j| tooth_mean(profile, coarse, fit.phase + j as f32 * period)).collect();
-                strongest += subs.iter().copied().fold(0.0, f32::max);
-                weakest += subs.iter().copied().fold(f32::INFINITY, f32::min);
+                let mut subs: Vec<f32> = (0..k).map(|j| tooth_mean(profile, coarse, fit.phase + j as f32 * period)).collect();
+                subs.sort_by(|a, b| b.total_cmp(a));
+                strongest += subs[0];
+                rest += subs[1];
             }
-            if strongest > 0.0 && weakest < EMPTY_SUB_COMB * strongest {
+            if strongest > 0.0 && rest < EMPTY_SUB_COMB * strongest {
                 period = coarse;
                 continue 'again;
             }
@@ -541,6 +543,19 @@ mod tests {
             let four = fit_comb(&comb_profile(256, 4.0, 0.0, blur), 2.0, 40.0, None).unwrap();
             assert!((four.period - 4.0).abs() < 0.05, "blur {blur}: {four:?}");
         }
+    }
+
+    #[test]
+    fn a_frame_one_cell_wide_is_not_taken_for_a_coarser_grid() {
+        // A one-pixel frame around a flat square at 5x: edges only at 10, 15, 145 and 150.
+        // Of three sub-combs of the 5-pixel comb one is empty by chance, but two carry
+        // edges, so the period must not be tripled.
+        let mut prof = vec![0.0f32; 161];
+        for (x, v) in [(10, 140.0), (15, 37.14), (145, 37.14), (150, 140.0)] {
+            prof[x] = v;
+        }
+        let fit = fit_comb(&prof, 2.0, 40.0, None).unwrap();
+        assert!((fit.period - 5.0).abs() < 0.25, "{fit:?}");
     }
 
     #[test]
