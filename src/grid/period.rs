@@ -102,19 +102,26 @@ fn fold_ranges_into<const N: usize>(profiles: [&[f32]; N], period: f32, start: u
     }
 }
 
+/// `out = a + b`, bin by bin (`out` is reused).
+fn add_bins(out: &mut Vec<f32>, a: &[f32], b: &[f32]) {
+    out.clear();
+    out.extend(a.iter().zip(b).map(|(x, y)| x + y));
+}
+
 impl Folded {
-    /// The fold of two adjacent ranges together, into `out` (reused: this runs for every
-    /// window of every rung of the period ladder).
-    fn join_into(&self, other: &Folded, out: &mut Folded) {
-        let add = |out: &mut Vec<f32>, a: &[f32], b: &[f32]| {
-            out.clear();
-            out.extend(a.iter().zip(b).map(|(x, y)| x + y));
-        };
+    /// The position counts of two adjacent ranges together, into `out` (reused: this runs
+    /// for every window of every rung of the period ladder). Profiles folded together
+    /// share their counts, so this runs once for all of them.
+    fn join_counts_into(&self, other: &Folded, out: &mut Folded) {
         out.bin_width = self.bin_width;
-        add(&mut out.sum, &self.sum, &other.sum);
-        add(&mut out.count, &self.count, &other.count);
-        out.total_sum = self.total_sum + other.total_sum;
+        add_bins(&mut out.count, &self.count, &other.count);
         out.total_count = self.total_count + other.total_count;
+    }
+
+    /// The profile sums of two adjacent ranges together, into `out`.
+    fn join_sums_into(&self, other: &Folded, out: &mut Folded) {
+        add_bins(&mut out.sum, &self.sum, &other.sum);
+        out.total_sum = self.total_sum + other.total_sum;
     }
 }
 
@@ -141,33 +148,48 @@ thread_local! {
 }
 
 impl ToothWindows {
-    /// Runs `body` with the windows of `f` for a tooth reach of `reach` bins either side
-    /// (`2 * reach < bins`), weighted by `1 - |offset| * step`.
-    fn with<R>(f: &Folded, reach: usize, step: f32, body: impl FnOnce(&mut ToothWindows) -> R) -> R {
-        TOOTH_WINDOWS_SCRATCH.with(|scratch| {
-            let mut w = scratch.borrow_mut();
-            w.fill(f, reach, step);
-            body(&mut w)
-        })
+    /// Runs `body` with this thread's buffers.
+    fn with<R>(body: impl FnOnce(&mut ToothWindows) -> R) -> R {
+        TOOTH_WINDOWS_SCRATCH.with(|scratch| body(&mut scratch.borrow_mut()))
     }
 
-    fn fill(&mut self, f: &Folded, reach: usize, step: f32) {
-        let n = f.sum.len();
-        let extend = |out: &mut Vec<f32>, bins: &[f32]| {
-            out.clear();
-            out.extend_from_slice(&bins[n - reach..]);
-            out.extend_from_slice(bins);
-            out.extend_from_slice(&bins[..reach]);
-        };
-        extend(&mut self.extended_sum, &f.sum);
-        extend(&mut self.extended_count, &f.count);
-        for acc in [&mut self.near_sum, &mut self.tooth_sum, &mut self.near_count, &mut self.tooth_weight] {
+    /// The count windows of `f` ([`tooth_reach`] bins either side, weighted by
+    /// `1 - |offset| * bin width`).
+    fn fill_counts(&mut self, f: &Folded) {
+        let reach = tooth_reach(f);
+        extend_circularly(&mut self.extended_count, &f.count, reach);
+        for acc in [&mut self.near_count, &mut self.tooth_weight] {
             acc.clear();
-            acc.resize(n, 0.0);
+            acc.resize(f.count.len(), 0.0);
         }
-        add_tooth_windows(&mut self.near_sum, &mut self.tooth_sum, &self.extended_sum, reach, step);
-        add_tooth_windows(&mut self.near_count, &mut self.tooth_weight, &self.extended_count, reach, step);
+        add_tooth_windows(&mut self.near_count, &mut self.tooth_weight, &self.extended_count, reach, f.bin_width);
     }
+
+    /// The sum windows of `f`, as [`ToothWindows::fill_counts`].
+    fn fill_sums(&mut self, f: &Folded) {
+        let reach = tooth_reach(f);
+        extend_circularly(&mut self.extended_sum, &f.sum, reach);
+        for acc in [&mut self.near_sum, &mut self.tooth_sum] {
+            acc.clear();
+            acc.resize(f.sum.len(), 0.0);
+        }
+        add_tooth_windows(&mut self.near_sum, &mut self.tooth_sum, &self.extended_sum, reach, f.bin_width);
+    }
+}
+
+/// `bins` circularly extended by `reach` on both sides, into `out`.
+fn extend_circularly(out: &mut Vec<f32>, bins: &[f32], reach: usize) {
+    out.clear();
+    out.extend_from_slice(&bins[bins.len() - reach..]);
+    out.extend_from_slice(bins);
+    out.extend_from_slice(&bins[..reach]);
+}
+
+/// Bins closer than one pixel to the tooth are "near": they weigh into T with a triangle
+/// and are left out of M. This many bins either side (`2 * reach < bins`), counted on the
+/// counts, which a window joins before its sums.
+fn tooth_reach(f: &Folded) -> usize {
+    (((1.0 - 1e-4) / f.bin_width).floor() as usize).min(f.count.len().saturating_sub(1) / 2)
 }
 
 /// Adds to `plain[b]` the bins within `reach` of bin `b`, and to `weighted[b]` the same
@@ -189,10 +211,16 @@ fn add_tooth_windows(plain: &mut [f32], weighted: &mut [f32], extended: &[f32], 
 
 /// Best phase for a period, from the folded profile. `fixed_phase` restricts the search.
 fn best_phase(f: &Folded, period: f32, fixed_phase: Option<f32>) -> Option<CombFit> {
+    ToothWindows::with(|w| {
+        w.fill_counts(f);
+        best_phase_counted(w, f, period, fixed_phase)
+    })
+}
+
+/// [`best_phase`] with `w`'s count windows already filled, from `f` or a fold with the
+/// same counts.
+fn best_phase_counted(w: &mut ToothWindows, f: &Folded, period: f32, fixed_phase: Option<f32>) -> Option<CombFit> {
     let nbins = f.sum.len();
-    // Bins closer than one pixel to the tooth are "near": they weigh into T with a
-    // triangle and are left out of M.
-    let reach = (((1.0 - 1e-4) / f.bin_width).floor() as usize).min(nbins.saturating_sub(1) / 2);
     let phases = match fixed_phase {
         Some(p) => {
             let pb = ((p.rem_euclid(period) / f.bin_width).round() as usize) % nbins;
@@ -204,7 +232,8 @@ fn best_phase(f: &Folded, period: f32, fixed_phase: Option<f32>) -> Option<CombF
     if mean <= 0.0 {
         return None;
     }
-    ToothWindows::with(f, reach, f.bin_width, |w| {
+    w.fill_sums(f);
+    {
         let ToothWindows { near_sum, tooth_sum, near_count, tooth_weight, scores, .. } = w;
         // Every phase's lift in one branch-free pass (it vectorises), then the first best.
         let lift = |sum: f32, weight: f32, near: f32| {
@@ -231,7 +260,7 @@ fn best_phase(f: &Folded, period: f32, fixed_phase: Option<f32>) -> Option<CombF
             let contrast = if t + m > 0.0 { (t - m) / (t + m) } else { 0.0 };
             CombFit { period, phase: pb as f32 * f.bin_width, score: best_score, contrast }
         })
-    })
+    }
 }
 
 /// Smallest period scored: below two pixels the tooth window (one pixel either side)
@@ -293,25 +322,35 @@ thread_local! {
 /// of profile `k` at `halves[h * N + k]`).
 fn score_windows<const N: usize>(profiles: [&[f32]; N], period: f32, halves: &[Folded], window: &mut Folded) -> [Option<(f32, f32)>; N] {
     let count = halves.len() / N.max(1);
-    std::array::from_fn(|k| {
-        let (mut score, mut contrast, mut mass) = (0.0f32, 0.0f32, 0.0f32);
-        let mut add = |folded: &Folded| {
-            if let Some(fit) = best_phase(folded, period, None) {
-                score += folded.total_sum * fit.score;
-                contrast += folded.total_sum * fit.contrast;
-                mass += folded.total_sum;
+    // Per profile: the lifts and contrasts weighted by each window's mass, and the mass.
+    let mut totals = [(0.0f32, 0.0f32, 0.0f32); N];
+    ToothWindows::with(|w| {
+        let mut add = |w: &mut ToothWindows, k: usize, folded: &Folded| {
+            if let Some(fit) = best_phase_counted(w, folded, period, None) {
+                let (score, contrast, mass) = &mut totals[k];
+                *score += folded.total_sum * fit.score;
+                *contrast += folded.total_sum * fit.contrast;
+                *mass += folded.total_sum;
             }
         };
         if count < 2 {
-            add(&fold(profiles[k], period));
+            for (k, profile) in profiles.iter().enumerate() {
+                let folded = fold(profile, period);
+                w.fill_counts(&folded);
+                add(w, k, &folded);
+            }
         } else {
             for h in 1..count {
-                halves[(h - 1) * N + k].join_into(&halves[h * N + k], window);
-                add(window);
+                halves[(h - 1) * N].join_counts_into(&halves[h * N], window);
+                w.fill_counts(window);
+                for k in 0..N {
+                    halves[(h - 1) * N + k].join_sums_into(&halves[h * N + k], window);
+                    add(w, k, window);
+                }
             }
         }
-        (mass > 0.0).then(|| (score / mass, contrast / mass))
-    })
+    });
+    totals.map(|(score, contrast, mass)| (mass > 0.0).then(|| (score / mass, contrast / mass)))
 }
 
 /// Cells are nearly square: each axis's cell size is searched within this factor of the
