@@ -385,9 +385,15 @@ impl Planes {
 
     /// One plane, the sum of the four premultiplied ones: the model is linear and the same
     /// for every channel, so the sum obeys it too, at a quarter of the cost of all four.
-    fn summed(img: &RgbaImage) -> Self {
-        let planes = vec![img.pixels().map(|p| premultiplied(p.0).iter().sum()).collect()];
-        Planes { width: img.width() as usize, height: img.height() as usize, planes, interior: vec![] }
+    /// Taken, like [`Planes::sampled`], only at the pixels fitted under `grid` at `stride`.
+    fn summed_sampled(img: &RgbaImage, grid: &Grid, stride: (u32, u32)) -> Self {
+        let xs = fitted_pixels(&grid.x_lines, img.width(), stride.0);
+        let ys = fitted_pixels(&grid.y_lines, img.height(), stride.1);
+        let mut plane = Vec::with_capacity(xs.len() * ys.len());
+        for &y in &ys {
+            plane.extend(xs.iter().map(|&x| premultiplied(img.get_pixel(x, y).0).iter().sum::<f32>()));
+        }
+        Planes { width: xs.len(), height: ys.len(), planes: vec![plane], interior: vec![] }
     }
 
     /// The planes (and interior) at the pixels every model fits under `grid` at `stride`
@@ -742,9 +748,9 @@ pub fn refine(img: &RgbaImage, grid: &Grid, cells: &mut CellColours) -> Option<B
     let selection_stride = (stride(grid.cell_width), stride(grid.cell_height));
     // Which family: on the summed plane, plain least squares (cheap; censoring barely
     // moves the gap between hard and smooth cell edges).
-    let (summed, summed_prior) = (Planes::summed(img), prior.sum_of_planes());
-    let taps = KernelTaps::new(grid, summed.width, summed.height);
-    let summed = Observations::exact(summed.sampled(grid, selection_stride));
+    let summed_prior = prior.sum_of_planes();
+    let taps = KernelTaps::new(grid, img.width() as usize, img.height() as usize);
+    let summed = Observations::exact(Planes::summed_sampled(img, grid, selection_stride));
     // Both stages fit at this stride: the interpolating models' problems serve twice.
     let problems: Vec<Problem> = MODELS.iter().map(|&m| Problem::new(&taps, m, selection_stride)).collect();
     let least = |fits: &mut dyn Iterator<Item = Fit>| fits.min_by(|a, b| a.residual.total_cmp(&b.residual));
