@@ -2,7 +2,7 @@
 //! The fastest restorer of the engine, and the last stage of every learned one.
 
 use crate::decoder::deconvolve::{self, BlurModel};
-use crate::decoder::{decode, reduce_cells, DecodeOptions, PaletteChoice};
+use crate::decoder::{decode_fitted, reduce_cells, DecodeOptions};
 use crate::grid::{analyse, Grid, GridError, GridOptions};
 use image::RgbaImage;
 use serde::Serialize;
@@ -32,17 +32,6 @@ pub fn restore(image: &RgbaImage, opts: &SnapOptions) -> Result<Restored, GridEr
     let grid = analyse(image, &opts.grid)?;
     let mut cells = reduce_cells(image, &grid);
     let fitted = deconvolve::refine(image, &grid, &mut cells);
-    let mut decoded = decode(&cells, &opts.decode);
-    if let Some(fitted) = &fitted {
-        // A given palette offers all its colours, not only those nearest snapping used.
-        let candidates = match &opts.decode.palette {
-            PaletteChoice::Fixed(palette) => palette.colours.clone(),
-            PaletteChoice::Auto(_) => decoded.palette.clone(),
-        };
-        // Stray removal is a decision against the image's evidence; reassigning would undo it.
-        if !opts.decode.remove_strays && fitted.reassign(&mut decoded.image, &candidates) > 0 {
-            decoded.palette = candidates.into_iter().filter(|c| decoded.image.pixels().any(|p| p[3] > 0 && p.0[..3] == c[..])).collect();
-        }
-    }
+    let decoded = decode_fitted(&cells, &opts.decode, fitted.as_ref());
     Ok(Restored { image: decoded.image, grid, palette: decoded.palette, blur: fitted.map(|f| f.model) })
 }

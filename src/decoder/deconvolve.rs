@@ -806,18 +806,19 @@ pub struct BlurFit {
 }
 
 impl BlurFit {
-    /// Gives each opaque pixel of `sprite` (the decoded cells, one pixel per cell) the
-    /// colour of `palette` that, under the fitted model, best explains the image, instead of
-    /// the colour nearest its fitted value. Where the blur was strong, the fitted values
-    /// carry amplified noise and a neighbour's colour can be nearer; the image itself, at
-    /// its own noise, tells them apart. Iterated conditional modes: each cell in turn takes
-    /// the colour that lowers the squared residual most, given the others, until a sweep
+    /// Gives each opaque pixel of `sprite` (the decoded cells, one pixel per cell, drawn
+    /// with the colours of `palette` that `index` gives them) the colour of `palette` that,
+    /// under the fitted model, best explains the image, instead of the colour nearest its
+    /// fitted value: in `index`. Where the blur was strong, the fitted values carry
+    /// amplified noise and a neighbour's colour can be nearer; the image itself, at its own
+    /// noise, tells them apart. Iterated conditional modes: each cell in turn takes the
+    /// colour that lowers the squared residual most, given the others, until a sweep
     /// changes nothing or [`REASSIGN_SWEEPS`] have run. Transparent and semi-transparent
-    /// pixels keep theirs. Returns how many pixels changed.
-    pub fn reassign(&self, sprite: &mut RgbaImage, palette: &[[u8; 3]]) -> usize {
+    /// pixels keep theirs. Returns how many pixels changed colour.
+    pub fn reassign(&self, sprite: &RgbaImage, index: &mut [Option<usize>], palette: &[[u8; 3]]) -> usize {
         let (ax, ay) = (&self.problem.ax, &self.problem.ay);
         let (cols, rows) = (ax.cells, ay.cells);
-        if palette.is_empty() || sprite.dimensions() != (cols as u32, rows as u32) {
+        if palette.is_empty() || sprite.dimensions() != (cols as u32, rows as u32) || index.len() != cols * rows {
             return 0;
         }
         let mut cells: Vec<[f32; 4]> = sprite.pixels().map(|p| premultiplied(p.0)).collect();
@@ -843,8 +844,6 @@ impl BlurFit {
         let energy = |list: &Vec<(usize, f32)>| list.iter().map(|&(_, w)| w * w).sum::<f32>();
         let (fx, fy): (Vec<f32>, Vec<f32>) = (xs.iter().map(energy).collect(), ys.iter().map(energy).collect());
         let width = ax.pixel.len();
-        let mut choice: Vec<Option<usize>> = sprite.pixels().map(|p| palette.iter().position(|c| c[..] == p.0[..3])).collect();
-        let mut changed = vec![false; cells.len()];
         for _ in 0..REASSIGN_SWEEPS {
             let mut any = false;
             for j in 0..rows {
@@ -867,7 +866,7 @@ impl BlurFit {
                         2.0 * d * g[c] + d * d * f
                     }).sum::<f32>();
                     let (best, gain) = candidates.iter().enumerate().map(|(n, cand)| (n, change(cand))).min_by(|a, b| a.1.total_cmp(&b.1)).expect("a palette colour");
-                    if choice[k] == Some(best) || gain >= -1e-9 {
+                    if index[k] == Some(best) || gain >= -1e-9 {
                         continue;
                     }
                     let delta: [f32; 4] = std::array::from_fn(|c| candidates[best][c] - cells[k][c]);
@@ -878,8 +877,7 @@ impl BlurFit {
                         }
                     }
                     cells[k] = candidates[best];
-                    choice[k] = Some(best);
-                    changed[k] = true;
+                    index[k] = Some(best);
                     any = true;
                 }
             }
@@ -887,14 +885,8 @@ impl BlurFit {
                 break;
             }
         }
-        let mut count = 0;
-        for (k, p) in sprite.pixels_mut().enumerate() {
-            if let (true, Some(n)) = (changed[k], choice[k]) {
-                count += usize::from(p.0[..3] != palette[n][..]);
-                p.0[..3].copy_from_slice(&palette[n]);
-            }
-        }
-        count
+        let drawn = sprite.pixels().map(|p| [p[0], p[1], p[2]]);
+        index.iter().zip(drawn).filter(|(k, rgb)| k.is_some_and(|n| palette[n] != *rgb)).count()
     }
 }
 
@@ -1117,12 +1109,10 @@ mod tests {
             palette: crate::decoder::PaletteChoice::Fixed(crate::palette::Palette { colours: palette.clone() }),
             ..Default::default()
         };
-        let mut sprite = crate::decoder::decode(&cells, &opts).image;
         let wrong = |s: &RgbaImage| s.pixels().zip(clean.pixels()).filter(|(a, b)| a != b).count();
-        let before = wrong(&sprite);
-        let changed = fitted.reassign(&mut sprite, &palette);
-        let after = wrong(&sprite);
-        eprintln!("wrong pixels: {before} before, {after} after ({changed} changed)");
+        let before = wrong(&crate::decoder::decode(&cells, &opts).image);
+        let after = wrong(&crate::decoder::decode_fitted(&cells, &opts, Some(&fitted)).image);
+        eprintln!("wrong pixels: {before} before, {after} after");
         assert!(after * 4 <= before, "wrong pixels: {before} before, {after} after");
     }
 

@@ -236,6 +236,13 @@ fn weighted_median(values: &mut [(u32, f32)]) -> f32 {
 
 /// Turns reduced cells into the final sprite.
 pub fn decode(cells: &CellColours, opts: &DecodeOptions) -> Decoded {
+    decode_fitted(cells, opts, None)
+}
+
+/// [`decode`], where `fit` (the blur model [`deconvolve::refine`] fitted to the image, if
+/// any) chooses each cell's palette colour by what explains the image best
+/// ([`deconvolve::BlurFit::reassign`]), before strays and background are cleared.
+pub fn decode_fitted(cells: &CellColours, opts: &DecodeOptions, fit: Option<&deconvolve::BlurFit>) -> Decoded {
     let n = cells.colour.len();
     let visible: Vec<bool> = cells
         .alpha
@@ -269,26 +276,32 @@ pub fn decode(cells: &CellColours, opts: &DecodeOptions) -> Decoded {
     for (&i, &k) in visible_idx.iter().zip(&assignment) {
         index[i] = Some(k);
     }
+    let draw = |index: &[Option<usize>]| {
+        RgbaImage::from_fn(cells.cols, cells.rows, |x, y| {
+            let i = (y * cells.cols + x) as usize;
+            match index[i] {
+                None => Rgba([0, 0, 0, 0]),
+                Some(k) => {
+                    let [r, g, b] = palette.colours[k];
+                    let a = match opts.alpha {
+                        AlphaMode::Binary { .. } => 255,
+                        AlphaMode::Keep => cells.alpha[i].round().clamp(0.0, 255.0) as u8,
+                    };
+                    Rgba([r, g, b, a])
+                }
+            }
+        })
+    };
+    if let Some(fit) = fit {
+        fit.reassign(&draw(&index), &mut index, &palette.colours);
+    }
     if opts.remove_strays {
         remove_strays(&mut index, cells.cols as usize, cells.rows as usize);
     }
     if opts.remove_background {
         remove_background(&mut index, cells.cols as usize, cells.rows as usize);
     }
-    let image = RgbaImage::from_fn(cells.cols, cells.rows, |x, y| {
-        let i = (y * cells.cols + x) as usize;
-        match index[i] {
-            None => Rgba([0, 0, 0, 0]),
-            Some(k) => {
-                let [r, g, b] = palette.colours[k];
-                let a = match opts.alpha {
-                    AlphaMode::Binary { .. } => 255,
-                    AlphaMode::Keep => cells.alpha[i].round().clamp(0.0, 255.0) as u8,
-                };
-                Rgba([r, g, b, a])
-            }
-        }
-    });
+    let image = draw(&index);
     let used: Vec<[u8; 3]> = {
         let mut seen = vec![false; palette.colours.len()];
         index.iter().flatten().for_each(|&k| seen[k] = true);
