@@ -156,33 +156,28 @@ impl ToothWindows {
     /// The count windows of `f` ([`tooth_reach`] bins either side, weighted by
     /// `1 - |offset| * bin width`).
     fn fill_counts(&mut self, f: &Folded) {
-        let reach = tooth_reach(f);
-        extend_circularly(&mut self.extended_count, &f.count, reach);
-        for acc in [&mut self.near_count, &mut self.tooth_weight] {
-            acc.clear();
-            acc.resize(f.count.len(), 0.0);
-        }
-        add_tooth_windows(&mut self.near_count, &mut self.tooth_weight, &self.extended_count, reach, f.bin_width);
+        fill_windows(&f.count, tooth_reach(f), f.bin_width, &mut self.extended_count, &mut self.near_count, &mut self.tooth_weight);
     }
 
     /// The sum windows of `f`, as [`ToothWindows::fill_counts`].
     fn fill_sums(&mut self, f: &Folded) {
-        let reach = tooth_reach(f);
-        extend_circularly(&mut self.extended_sum, &f.sum, reach);
-        for acc in [&mut self.near_sum, &mut self.tooth_sum] {
-            acc.clear();
-            acc.resize(f.sum.len(), 0.0);
-        }
-        add_tooth_windows(&mut self.near_sum, &mut self.tooth_sum, &self.extended_sum, reach, f.bin_width);
+        fill_windows(&f.sum, tooth_reach(f), f.bin_width, &mut self.extended_sum, &mut self.near_sum, &mut self.tooth_sum);
     }
 }
 
-/// `bins` circularly extended by `reach` on both sides, into `out`.
-fn extend_circularly(out: &mut Vec<f32>, bins: &[f32], reach: usize) {
-    out.clear();
-    out.extend_from_slice(&bins[bins.len() - reach..]);
-    out.extend_from_slice(bins);
-    out.extend_from_slice(&bins[..reach]);
+/// The plain and weighted windows of `bins` ([`add_tooth_windows`]) into `plain` and
+/// `weighted`, through `extended`, the bins circularly extended by `reach` on both sides
+/// (all three reused).
+fn fill_windows(bins: &[f32], reach: usize, step: f32, extended: &mut Vec<f32>, plain: &mut Vec<f32>, weighted: &mut Vec<f32>) {
+    extended.clear();
+    extended.extend_from_slice(&bins[bins.len() - reach..]);
+    extended.extend_from_slice(bins);
+    extended.extend_from_slice(&bins[..reach]);
+    for acc in [&mut *plain, &mut *weighted] {
+        acc.clear();
+        acc.resize(bins.len(), 0.0);
+    }
+    add_tooth_windows(plain, weighted, extended, reach, step);
 }
 
 /// Bins closer than one pixel to the tooth are "near": they weigh into T with a triangle
