@@ -814,12 +814,12 @@ impl BlurFit {
     /// noise, tells them apart. Iterated conditional modes: each cell in turn takes the
     /// colour that lowers the squared residual most, given the others, until a sweep
     /// changes nothing or [`REASSIGN_SWEEPS`] have run. Transparent and semi-transparent
-    /// pixels keep theirs. Returns how many pixels changed colour.
-    pub fn reassign(&self, sprite: &RgbaImage, index: &mut [Option<usize>], palette: &[[u8; 3]]) -> usize {
+    /// pixels keep theirs.
+    pub fn reassign(&self, sprite: &RgbaImage, index: &mut [Option<usize>], palette: &[[u8; 3]]) {
         let (ax, ay) = (&self.problem.ax, &self.problem.ay);
         let (cols, rows) = (ax.cells, ay.cells);
         if palette.is_empty() || sprite.dimensions() != (cols as u32, rows as u32) || index.len() != cols * rows {
-            return 0;
+            return;
         }
         let mut cells: Vec<[f32; 4]> = sprite.pixels().map(|p| premultiplied(p.0)).collect();
         let candidates: Vec<[f32; 4]> = palette.iter().map(|&[r, g, b]| premultiplied([r, g, b, 255])).collect();
@@ -885,8 +885,6 @@ impl BlurFit {
                 break;
             }
         }
-        let drawn = sprite.pixels().map(|p| [p[0], p[1], p[2]]);
-        index.iter().zip(drawn).filter(|(k, rgb)| k.is_some_and(|n| palette[n] != *rgb)).count()
     }
 }
 
