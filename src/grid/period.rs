@@ -228,34 +228,32 @@ fn best_phase_counted(w: &mut ToothWindows, f: &Folded, period: f32, fixed_phase
         return None;
     }
     w.fill_sums(f);
-    {
-        let ToothWindows { near_sum, tooth_sum, near_count, tooth_weight, scores, .. } = w;
-        // Every phase's lift in one branch-free pass (it vectorises), then the first best.
-        let lift = |sum: f32, weight: f32, near: f32| {
-            let scored = (weight > 1e-9) & (f.total_count - near > 0.5);
-            let score = (sum / weight - mean) / (period * mean);
-            if scored { score } else { f32::NEG_INFINITY }
-        };
-        scores.clear();
-        scores.resize(phases.len(), 0.0);
-        let (sums, weights, nears) = (&tooth_sum[phases.clone()], &tooth_weight[phases.clone()], &near_count[phases.clone()]);
-        for (((score, &sum), &weight), &near) in scores.iter_mut().zip(sums).zip(weights).zip(nears) {
-            *score = lift(sum, weight, near);
-        }
-        let (mut best, mut best_score) = (None, f32::NEG_INFINITY);
-        for (i, &score) in scores.iter().enumerate() {
-            if score > best_score {
-                (best, best_score) = (Some(i), score);
-            }
-        }
-        best.map(|i| {
-            let pb = phases.start + i;
-            let t = tooth_sum[pb] / tooth_weight[pb];
-            let m = ((f.total_sum - near_sum[pb]) / (f.total_count - near_count[pb])).max(0.0);
-            let contrast = if t + m > 0.0 { (t - m) / (t + m) } else { 0.0 };
-            CombFit { period, phase: pb as f32 * f.bin_width, score: best_score, contrast }
-        })
+    let ToothWindows { near_sum, tooth_sum, near_count, tooth_weight, scores, .. } = w;
+    // Every phase's lift in one branch-free pass (it vectorises), then the first best.
+    let lift = |sum: f32, weight: f32, near: f32| {
+        let scored = (weight > 1e-9) & (f.total_count - near > 0.5);
+        let score = (sum / weight - mean) / (period * mean);
+        if scored { score } else { f32::NEG_INFINITY }
+    };
+    scores.clear();
+    scores.resize(phases.len(), 0.0);
+    let (sums, weights, nears) = (&tooth_sum[phases.clone()], &tooth_weight[phases.clone()], &near_count[phases.clone()]);
+    for (((score, &sum), &weight), &near) in scores.iter_mut().zip(sums).zip(weights).zip(nears) {
+        *score = lift(sum, weight, near);
     }
+    let (mut best, mut best_score) = (None, f32::NEG_INFINITY);
+    for (i, &score) in scores.iter().enumerate() {
+        if score > best_score {
+            (best, best_score) = (Some(i), score);
+        }
+    }
+    best.map(|i| {
+        let pb = phases.start + i;
+        let t = tooth_sum[pb] / tooth_weight[pb];
+        let m = ((f.total_sum - near_sum[pb]) / (f.total_count - near_count[pb])).max(0.0);
+        let contrast = if t + m > 0.0 { (t - m) / (t + m) } else { 0.0 };
+        CombFit { period, phase: pb as f32 * f.bin_width, score: best_score, contrast }
+    })
 }
 
 /// Smallest period scored: below two pixels the tooth window (one pixel either side)
