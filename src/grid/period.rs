@@ -417,6 +417,7 @@ pub fn fit_comb(profile: &[f32], min_period: f32, max_period: f32, fixed_phase: 
         return None;
     }
     let period = mean_period(profile, local, fixed_phase);
+    let period = whole_cell_period(profile, period, (min_period, max_period), fixed_phase);
     let phase = fit_period(profile, period, fixed_phase).map_or(0.0, |f| f.phase);
     Some(CombFit { period, phase, score, contrast })
 }
@@ -444,6 +445,41 @@ fn mean_period(profile: &[f32], local: f32, fixed_phase: Option<f32>) -> f32 {
         p *= step;
     }
     best.0.max(MIN_PERIOD)
+}
+
+/// Edges at least this share of the profile's strongest are the ones
+/// [`whole_cell_period`] spaces.
+const STRONG_EDGE: f32 = 0.5;
+/// A comb of at least this contrast has every edge on its teeth: a sharp upscale.
+const SHARP_CONTRAST: f32 = 0.98;
+
+/// Where a sharp upscale has few edges, say a one-pixel frame around a flat area, periods
+/// that fit the same edges one cell more or fewer across the flat area score almost alike
+/// on the whole profile, and its comb's score peaks more narrowly than any scan steps. Its
+/// edges lie exactly on grid lines, so the true period puts the outermost strong edges a
+/// whole number of cells apart: of `period` and those periods within `bounds`, the one the
+/// whole profile scores best. Other profiles (blurred, or generator output whose lines
+/// drift) keep `period`.
+fn whole_cell_period(profile: &[f32], period: f32, (min_period, max_period): (f32, f32), fixed_phase: Option<f32>) -> f32 {
+    let Some(fit) = fit_period(profile, period, fixed_phase) else { return period };
+    if fit.contrast < SHARP_CONTRAST {
+        return period;
+    }
+    let score = |p: f32| fit_period(profile, p, fixed_phase).map_or(f32::NEG_INFINITY, |fit| rung_score(fit.score, fit.contrast));
+    let strong = profile.iter().copied().fold(0.0f32, f32::max) * STRONG_EDGE;
+    let (Some(first), Some(last)) = (profile.iter().position(|&v| v > 0.0 && v >= strong), profile.iter().rposition(|&v| v > 0.0 && v >= strong)) else {
+        return period;
+    };
+    let distance = (last - first) as f32;
+    let mut best = (period, rung_score(fit.score, fit.contrast));
+    for cells in (distance / max_period).ceil().max(1.0) as usize..=(distance / min_period).floor() as usize {
+        let p = distance / cells as f32;
+        let s = score(p);
+        if s > best.1 {
+            best = (p, s);
+        }
+    }
+    best.0
 }
 
 /// A sub-comb carrying less than this share of the strongest sub-comb's edges is empty.
@@ -578,7 +614,7 @@ mod tests {
     }
 
     #[test]
-    fn a_frame_one_cell_wide_is_not_taken_for_a_coarser_grid() {
+    fn a_one_pixel_frame_gets_its_true_cell_size() {
         // A one-pixel frame around a flat square at 5x: edges only at 10, 15, 145 and 150.
         // Of three sub-combs of the 5-pixel comb one is empty by chance, but two carry
         // edges, so the period must not be tripled.
@@ -588,6 +624,13 @@ mod tests {
         }
         let fit = fit_comb(&prof, 2.0, 40.0, None).unwrap();
         assert!((fit.period - 5.0).abs() < 0.25, "{fit:?}");
+        // Fitted on both axes together, the local fits lean to 5.28 px, whose whole-profile
+        // scan finds 5.19 (25 cells across the flat middle instead of 26); 5.0 puts the
+        // frame's outer edges 28 cells apart and scores best.
+        let (x, y) = fit_square_cells(&prof, &prof, 2.0, 40.0, None);
+        for fit in [x.unwrap(), y.unwrap()] {
+            assert!((fit.period - 5.0).abs() < 0.01, "{fit:?}");
+        }
     }
 
     #[test]
