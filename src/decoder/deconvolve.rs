@@ -163,7 +163,9 @@ impl AxisOperator {
                 }
             }
         }
-        band.diagonals = band.by_diagonal();
+        // Row i of `values` holds entries (i, i - half..=i + half): its transpose is the
+        // diagonals.
+        band.diagonals = transposed(&band.values, 2 * half + 1);
         band
     }
 }
@@ -266,17 +268,6 @@ struct Band {
 impl Band {
     fn at_mut(&mut self, i: usize, j: usize) -> &mut f32 {
         &mut self.values[i * (2 * self.half + 1) + self.half + j - i]
-    }
-
-    fn by_diagonal(&self) -> Vec<f32> {
-        let width = 2 * self.half + 1;
-        let mut diagonals = vec![0.0; width * self.n];
-        for (i, row) in self.values.chunks_exact(width).enumerate() {
-            for (k, &v) in row.iter().enumerate() {
-                diagonals[k * self.n + i] = v;
-            }
-        }
-        diagonals
     }
 
     fn mean_diagonal(&self) -> f32 {
@@ -477,12 +468,10 @@ impl Problem {
             }
         }
         let mut data = vec![0.0f32; self.ay.cells * cols];
-        let mut src = vec![0.0f32; cols];
-        for iy in 0..fitted_rows {
-            src.iter_mut().enumerate().for_each(|(c, s)| *s = y_ax_t[c * fitted_rows + iy]);
+        for (iy, src) in transposed(&y_ax_t, fitted_rows).chunks_exact(cols).enumerate() {
             let (first, w) = self.ay.row(iy);
             for (k, &wv) in w.iter().enumerate() {
-                data[(first + k) * cols..(first + k + 1) * cols].iter_mut().zip(&src).for_each(|(o, &s)| *o += wv * s);
+                data[(first + k) * cols..(first + k + 1) * cols].iter_mut().zip(src).for_each(|(o, &s)| *o += wv * s);
             }
         }
         data
