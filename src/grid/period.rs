@@ -56,7 +56,8 @@ fn fold(profile: &[f32], period: f32) -> Folded {
 /// Folds the positions in `start..end` (the image borders excluded) of `N` profiles of one
 /// length at once, by their position in the whole profile, so that folds of adjacent
 /// ranges add up; into `out`, whose buffers are reused. Each position's bin is found once
-/// for all the profiles, and their position counts are the same.
+/// for all the profiles; their position counts, the same for all, are counted in `out[0]`
+/// only (the others' are left empty and 0).
 fn fold_ranges_into<const N: usize>(profiles: [&[f32]; N], period: f32, start: usize, end: usize, out: &mut [Folded; N]) {
     let len = profiles.first().map_or(0, |p| p.len());
     debug_assert!(profiles.iter().all(|p| p.len() == len), "fold_ranges_into needs profiles of one length");
@@ -64,13 +65,15 @@ fn fold_ranges_into<const N: usize>(profiles: [&[f32]; N], period: f32, start: u
     let bin_width = period / nbins as f32;
     let inv_bin_width = 1.0 / bin_width;
     for folded in out.iter_mut() {
+        folded.bin_width = bin_width;
         folded.sum.clear();
         folded.sum.resize(nbins, 0.0);
+        folded.count.clear();
+        folded.total_count = 0.0;
     }
     if N == 0 {
         return;
     }
-    out[0].count.clear();
     out[0].count.resize(nbins, 0.0);
     let first = start.max(1);
     let last = end.min(len.saturating_sub(1));
@@ -90,15 +93,9 @@ fn fold_ranges_into<const N: usize>(profiles: [&[f32]; N], period: f32, start: u
             pos -= period;
         }
     }
-    let total_count = out[0].count.iter().sum();
-    let (head, rest) = out.split_at_mut(1);
-    for folded in rest {
-        folded.count.clone_from(&head[0].count);
-    }
+    out[0].total_count = out[0].count.iter().sum();
     for folded in out.iter_mut() {
-        folded.bin_width = bin_width;
         folded.total_sum = folded.sum.iter().sum();
-        folded.total_count = total_count;
     }
 }
 
@@ -312,7 +309,7 @@ thread_local! {
 }
 
 /// The windowed fits of [`windowed_fits`] from the profiles' half-window folds (half `h`
-/// of profile `k` at `halves[h * N + k]`).
+/// of profile `k` at `halves[h * N + k]`; their shared counts in those of profile 0).
 fn score_windows<const N: usize>(profiles: [&[f32]; N], period: f32, halves: &[Folded], window: &mut Folded) -> [Option<(f32, f32)>; N] {
     let count = halves.len() / N.max(1);
     // Per profile: the lifts and contrasts weighted by each window's mass, and the mass.
