@@ -413,9 +413,8 @@ pub fn fit_comb(profile: &[f32], min_period: f32, max_period: f32, fixed_phase: 
     if score.is_nan() || score <= 0.0 {
         return None;
     }
-    let period = mean_period(profile, local, fixed_phase);
-    let period = whole_cell_period(profile, period, (min_period, max_period), fixed_phase);
-    let phase = fit_period(profile, period, fixed_phase).map_or(0.0, |f| f.phase);
+    let (period, fit) = whole_cell_period(profile, mean_period(profile, local, fixed_phase), (min_period, max_period), fixed_phase);
+    let phase = fit.map_or(0.0, |f| f.phase);
     Some(CombFit { period, phase, score, contrast })
 }
 
@@ -427,21 +426,22 @@ const MEAN_PERIOD_RANGE: f32 = 0.05;
 /// line placement needs the mean to a fraction of a pixel over the whole image, or it
 /// fits one cell too many or too few where lines have no edges. A single comb over the
 /// whole profile gives that: steps move its last tooth by at most half a pixel.
-fn mean_period(profile: &[f32], local: f32, fixed_phase: Option<f32>) -> f32 {
+/// Returns the period with its whole-profile fit (`None` when no period scanned had one).
+fn mean_period(profile: &[f32], local: f32, fixed_phase: Option<f32>) -> (f32, Option<CombFit>) {
     let span = profile.len().saturating_sub(1).max(1) as f32;
     let step = 1.0 + (0.5 / span).min(REFINE_STEP);
-    let mut best = (local, f32::NEG_INFINITY);
+    let mut best = (local, f32::NEG_INFINITY, None);
     let mut p = local / (1.0 + MEAN_PERIOD_RANGE);
     while p <= local * (1.0 + MEAN_PERIOD_RANGE) {
         if let Some(fit) = fit_period(profile, p, fixed_phase) {
             let score = rung_score(fit.score, fit.contrast);
             if score > best.1 {
-                best = (p, score);
+                best = (p, score, Some(fit));
             }
         }
         p *= step;
     }
-    best.0.max(MIN_PERIOD)
+    (best.0.max(MIN_PERIOD), best.2)
 }
 
 /// Edges at least this share of the profile's strongest are the ones
@@ -454,29 +454,29 @@ const SHARP_CONTRAST: f32 = 0.98;
 /// that fit the same edges one cell more or fewer across the flat area score almost alike
 /// on the whole profile, and its comb's score peaks more narrowly than any scan steps. Its
 /// edges lie exactly on grid lines, so the true period puts the outermost strong edges a
-/// whole number of cells apart: of `period` and those periods within `bounds`, the one the
-/// whole profile scores best. Other profiles (blurred, or generator output whose lines
-/// drift) keep `period`.
-fn whole_cell_period(profile: &[f32], period: f32, (min_period, max_period): (f32, f32), fixed_phase: Option<f32>) -> f32 {
-    let Some(fit) = fit_period(profile, period, fixed_phase) else { return period };
-    if fit.contrast < SHARP_CONTRAST {
-        return period;
-    }
-    let score = |p: f32| fit_period(profile, p, fixed_phase).map_or(f32::NEG_INFINITY, |fit| rung_score(fit.score, fit.contrast));
+/// whole number of cells apart: of `period` (with its `fit`, from [`mean_period`]) and
+/// those periods within `bounds`, the one the whole profile scores best, with its fit
+/// (`None` when `period` has none).
+/// Other profiles (blurred, or generator output whose lines drift) keep `period`.
+fn whole_cell_period(profile: &[f32], (period, fit): (f32, Option<CombFit>), (min_period, max_period): (f32, f32), fixed_phase: Option<f32>) -> (f32, Option<CombFit>) {
+    let fit = fit.or_else(|| fit_period(profile, period, fixed_phase));
+    let Some(fit) = fit.filter(|f| f.contrast >= SHARP_CONTRAST) else { return (period, fit) };
     let strong = profile.iter().copied().fold(0.0f32, f32::max) * STRONG_EDGE;
     let (Some(first), Some(last)) = (profile.iter().position(|&v| v > 0.0 && v >= strong), profile.iter().rposition(|&v| v > 0.0 && v >= strong)) else {
-        return period;
+        return (period, Some(fit));
     };
     let distance = (last - first) as f32;
-    let mut best = (period, rung_score(fit.score, fit.contrast));
+    let mut best = (period, rung_score(fit.score, fit.contrast), fit);
     for cells in (distance / max_period).ceil().max(1.0) as usize..=(distance / min_period).floor() as usize {
         let p = distance / cells as f32;
-        let s = score(p);
-        if s > best.1 {
-            best = (p, s);
+        if let Some(candidate) = fit_period(profile, p, fixed_phase) {
+            let score = rung_score(candidate.score, candidate.contrast);
+            if score > best.1 {
+                best = (p, score, candidate);
+            }
         }
     }
-    best.0
+    (best.0, Some(best.2))
 }
 
 /// A sub-comb carrying less than this share of the strongest sub-comb's edges is empty.
