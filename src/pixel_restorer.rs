@@ -19,7 +19,7 @@
 use crate::decoder::{decode, reduce_cells, DecodeOptions, Decoded};
 use crate::grid::{analyse, Grid, GridOptions};
 use crate::rectify::{image_to_tensor, pixel_unshuffle, rectify};
-use crate::stablesr::layers::{Conv2d, GroupNorm};
+use crate::stablesr::layers::{ops, Conv2d, GroupNorm};
 use crate::stablesr::struct_encoder::{StructEncoder, StructEncoderConfig};
 use crate::stablesr::unet::{UNet, UNetConfig};
 use crate::train::losses::{sprite_losses, LossWeights};
@@ -265,10 +265,10 @@ impl FastRestorer {
         let (b, _, _, w) = input.dims4()?;
         let t = Tensor::zeros(b, DType::F32, input.device())?;
         let features = self.encoder.forward(input, &t)?;
-        let finest = features.get(w)?;
+        let finest = features.map(w)?;
         let h = self.hidden.forward(&self.norm.forward_silu(finest)?)?;
-        let residual = self.out.forward(&candle_nn::ops::silu(&h)?)?;
-        cell_means(input, self.factor)? + residual
+        let residual = self.out.forward(&ops::silu(&h)?)?;
+        cell_means(input, self.factor)? + ops::to_nchw(&residual)?
     }
 
     pub fn loss(&self, input: &Tensor, target: &Tensor, w: &LossWeights) -> Result<(Tensor, Vec<(&'static str, f32)>)> {

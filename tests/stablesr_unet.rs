@@ -137,34 +137,36 @@ fn tiny_networks_reproduce_stablesr_outputs() {
             .unwrap_or_else(|| panic!("{name} missing from tiny_io"))
     };
 
-    let weights = fixtures().join("tiny_weights.safetensors");
-    let vb = unsafe { VarBuilder::from_mmaped_safetensors(&[weights], DType::F32, &Device::Cpu) }
-        .expect("mapping tiny_weights.safetensors");
-    let (unet, encoder) = tiny_networks(vb);
-
-    for case in ["", "b2."] {
-        let timesteps = get(&format!("{case}unet.timesteps"));
-        let features = encoder
-            .forward(get(&format!("{case}enc.lr_latent")), timesteps)
-            .expect("structure encoder forward");
-        assert_eq!(features.widths(), vec![8, 16]);
-        for width in [16, 8] {
-            let name = format!("{case}enc.out.{width}");
-            check_close(&name, features.get(width).unwrap(), get(&name));
+    // f32 runs the networks channels-last on the fast CPU ops; f64 runs them
+    // channels-first on candle's own ops, the path CUDA takes.
+    for dtype in [DType::F32, DType::F64] {
+        let weights = fixtures().join("tiny_weights.safetensors");
+        let vb = unsafe { VarBuilder::from_mmaped_safetensors(&[weights], dtype, &Device::Cpu) }
+            .expect("mapping tiny_weights.safetensors");
+        let (unet, encoder) = tiny_networks(vb);
+        let get = |name: &str| get(name).to_dtype(dtype).unwrap();
+        for case in ["", "b2."] {
+            let timesteps = get(&format!("{case}unet.timesteps"));
+            let features = encoder
+                .forward(&get(&format!("{case}enc.lr_latent")), &timesteps)
+                .expect("structure encoder forward");
+            assert_eq!(features.widths(), vec![8, 16]);
+            for width in [16, 8] {
+                let name = format!("{case}enc.out.{width}");
+                let ours = features.get(width).unwrap().to_dtype(DType::F32).unwrap();
+                check_close(&format!("{dtype:?} {name}"), &ours, &get(&name).to_dtype(DType::F32).unwrap());
+            }
+            let eps = unet
+                .forward(
+                    &get(&format!("{case}unet.x_t")),
+                    &timesteps,
+                    Some(&get(&format!("{case}unet.context"))),
+                    &features,
+                )
+                .expect("UNet forward");
+            let name = format!("{case}unet.eps");
+            check_close(&format!("{dtype:?} {name}"), &eps.to_dtype(DType::F32).unwrap(), &get(&name).to_dtype(DType::F32).unwrap());
         }
-        let eps = unet
-            .forward(
-                get(&format!("{case}unet.x_t")),
-                timesteps,
-                Some(get(&format!("{case}unet.context"))),
-                &features,
-            )
-            .expect("UNet forward");
-        check_close(
-            &format!("{case}unet.eps"),
-            &eps,
-            get(&format!("{case}unet.eps")),
-        );
     }
 }
 

@@ -1,5 +1,8 @@
 //! The bias of a convolution: adding a per-channel bias to every row of `(pixels, C)`
-//! in place, and its gradient, the column sums, in parallel.
+//! in place, and its gradient, the column sums, in parallel. The bias may also differ per
+//! sample (`(N, C)`, one row per sample's block of pixels): a ResBlock adds its timestep
+//! embedding to the convolution's output per sample and channel, and folded into the bias
+//! that costs no pass of its own, forward or backward.
 //!
 //! candle's `broadcast_add` computes the bias gradient with its generic reduction, which
 //! runs on one thread over a strided view: 4 ms per convolution of the issue-4 benchmark
@@ -17,27 +20,38 @@ use rayon::prelude::*;
 /// Rows per parallel block.
 const ROWS_PER_BLOCK: usize = 256;
 
-/// Adds `bias` (`C` entries) to every row of the row-major `(R, C)` matrix `rows`.
-pub(super) fn add_to_rows<T: WithDType>(rows: &mut [T], bias: &[T]) {
-    let c = bias.len();
-    rows.par_chunks_mut(c * ROWS_PER_BLOCK).for_each(|block| {
-        for row in block.chunks_mut(c) {
-            for (v, &b) in row.iter_mut().zip(bias) {
+/// Adds the bias rows `bias` (`(G, C)` row-major) to the row-major `(R, C)` matrix `rows`,
+/// whose `R = G * rows_per_group` rows come in `G` consecutive groups: group `g` gets bias
+/// row `g`. One bias row for all rows is `G = 1`.
+pub(super) fn add_to_rows<T: WithDType>(rows: &mut [T], bias: &[T], c: usize, rows_per_group: usize) {
+    rows.par_chunks_mut(c * ROWS_PER_BLOCK).enumerate().for_each(|(block, values)| {
+        for (i, row) in values.chunks_mut(c).enumerate() {
+            let group = (block * ROWS_PER_BLOCK + i) / rows_per_group;
+            for (v, &b) in row.iter_mut().zip(&bias[group * c..(group + 1) * c]) {
                 *v += b;
             }
         }
     });
 }
 
-/// Column sums of a `(R, C)` matrix (no backward: it only serves gradients).
-struct ColumnSums;
+/// Column sums of a `(R, C)` matrix per group of `rows_per_group` consecutive rows:
+/// `(R / rows_per_group, C)` (no backward: it only serves gradients).
+struct ColumnSums {
+    rows_per_group: usize,
+}
 
-fn column_sums<T: WithDType>(x: &[T], c: usize) -> Vec<T> {
-    let partial: Vec<Vec<f64>> = x
-        .par_chunks(c * ROWS_PER_BLOCK)
-        .map(|block| {
+fn column_sums<T: WithDType>(x: &[T], c: usize, rows_per_group: usize) -> Vec<T> {
+    let groups = x.len() / c / rows_per_group;
+    // Blocks never straddle two groups, so each block's sums belong to one of them.
+    let blocks_per_group = rows_per_group.div_ceil(ROWS_PER_BLOCK);
+    let partial: Vec<Vec<f64>> = (0..groups * blocks_per_group)
+        .into_par_iter()
+        .map(|i| {
+            let (group, block) = (i / blocks_per_group, i % blocks_per_group);
+            let start = group * rows_per_group + block * ROWS_PER_BLOCK;
+            let end = (start + ROWS_PER_BLOCK).min((group + 1) * rows_per_group);
             let mut sums = vec![0.0f64; c];
-            for row in block.chunks(c) {
+            for row in x[start * c..end * c].chunks(c) {
                 for (s, &v) in sums.iter_mut().zip(row) {
                     *s += v.to_f64();
                 }
@@ -45,7 +59,7 @@ fn column_sums<T: WithDType>(x: &[T], c: usize) -> Vec<T> {
             sums
         })
         .collect();
-    (0..c).map(|j| T::from_f64(partial.iter().map(|p| p[j]).sum())).collect()
+    partial.chunks(blocks_per_group).flat_map(|blocks| (0..c).map(|j| T::from_f64(blocks.iter().map(|p| p[j]).sum()))).collect()
 }
 
 impl CustomOp1 for ColumnSums {
@@ -54,19 +68,27 @@ impl CustomOp1 for ColumnSums {
     }
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        let (_, c) = layout.shape().dims2()?;
+        let (r, c) = layout.shape().dims2()?;
+        if self.rows_per_group == 0 || r % self.rows_per_group != 0 {
+            candle_core::bail!("column_sums: {r} rows do not split into groups of {}", self.rows_per_group);
+        }
         let out = match storage.dtype() {
-            DType::F32 => CpuStorage::F32(column_sums(super::contiguous_slice::<f32>(storage, layout, self.name())?, c)),
-            DType::F64 => CpuStorage::F64(column_sums(super::contiguous_slice::<f64>(storage, layout, self.name())?, c)),
+            DType::F32 => CpuStorage::F32(column_sums(super::contiguous_slice::<f32>(storage, layout, self.name())?, c, self.rows_per_group)),
+            DType::F64 => CpuStorage::F64(column_sums(super::contiguous_slice::<f64>(storage, layout, self.name())?, c, self.rows_per_group)),
             other => candle_core::bail!("column_sums supports f32 and f64, not {other:?}"),
         };
-        Ok((out, Shape::from(c)))
+        Ok((out, Shape::from((r / self.rows_per_group, c))))
     }
 }
 
-/// The sums over rows of `(R, C)` `x`: `(C,)`, accumulated in f64. Not differentiable.
-pub(super) fn sum_rows(x: &Tensor) -> Result<Tensor> {
-    x.contiguous()?.apply_op1_no_bwd(&ColumnSums)
+/// The sums over the rows of `(R, C)` `x` in `groups` groups of consecutive rows:
+/// `(groups, C)`, accumulated in f64. Not differentiable.
+pub(super) fn sum_rows(x: &Tensor, groups: usize) -> Result<Tensor> {
+    let rows = x.dim(0)?;
+    if groups == 0 || rows % groups != 0 {
+        candle_core::bail!("sum_rows: {rows} rows do not split into {groups} groups");
+    }
+    x.contiguous()?.apply_op1_no_bwd(&ColumnSums { rows_per_group: rows / groups })
 }
 
 #[cfg(test)]
@@ -76,14 +98,18 @@ mod tests {
 
     #[test]
     fn match_candle_broadcast_add_and_sum() {
-        // One row, one column, rows that do not fill the last block; f64, tolerance 1e-12.
-        for &(r, c) in &[(1, 5), (7, 1), (1000, 3), (513, 64)] {
-            let (y, b) = (randn((r, c), 1), randn(c, 2));
+        // One row, one column, rows that do not fill the last block, groups smaller and
+        // larger than a block and not dividing it; f64, tolerance 1e-12.
+        for &(groups, rows_per_group, c) in &[(1, 1, 5), (1, 7, 1), (1, 1000, 3), (1, 513, 64), (3, 1, 2), (4, 300, 3), (2, 256, 5), (5, 100, 64)] {
+            let r = groups * rows_per_group;
+            let (y, b) = (randn((groups, rows_per_group, c), 1), randn((groups, 1, c), 2));
             let mut rows = y.flatten_all().unwrap().to_vec1::<f64>().unwrap();
-            add_to_rows(&mut rows, &b.to_vec1::<f64>().unwrap());
-            let ours = Tensor::from_vec(rows, (r, c), y.device()).unwrap();
-            assert!(max_abs_diff(&ours, &y.broadcast_add(&b).unwrap()) < 1e-12, "add {r}x{c}");
-            assert!(max_abs_diff(&sum_rows(&y).unwrap(), &y.sum(0).unwrap()) < 1e-12, "sums {r}x{c}");
+            add_to_rows(&mut rows, &b.flatten_all().unwrap().to_vec1::<f64>().unwrap(), c, rows_per_group);
+            let ours = Tensor::from_vec(rows, (groups, rows_per_group, c), y.device()).unwrap();
+            assert!(max_abs_diff(&ours, &y.broadcast_add(&b).unwrap()) < 1e-12, "add {groups}x{rows_per_group}x{c}");
+            let sums = sum_rows(&y.reshape((r, c)).unwrap(), groups).unwrap();
+            assert!(max_abs_diff(&sums, &y.sum(1).unwrap()) < 1e-12, "sums {groups}x{rows_per_group}x{c}");
         }
+        assert!(sum_rows(&randn((5, 2), 3), 2).is_err(), "5 rows in 2 groups");
     }
 }

@@ -161,7 +161,7 @@ impl CustomOp1 for Col2Im3x3 {
 }
 
 /// The whole convolution `im2col(x) · W (+ bias)`, `x` `(N, H, W, C_in)`, `W`
-/// `(9*C_in, C_out)` and the bias `(C_out,)`, with the backward of the module docs. A
+/// `(9*C_in, C_out)` and the bias `(C_out,)` or `(N, C_out)`, with the backward of the module docs. A
 /// [`CustomOp2`] without bias, a [`CustomOp3`] with it.
 struct Conv3x3Op {
     stride: usize,
@@ -180,22 +180,26 @@ impl Conv3x3Op {
         let cols = im2col_storage(x, x_layout, g, Self::NAME)?;
         let rows = g.out_pixels();
         let mut y = cols.matmul(w, (1, rows, c_out, k), &Layout::contiguous((rows, k)), w_layout)?;
+        let (oh, ow) = g.out_hw();
         if let Some((b, b_layout)) = bias {
-            if b_layout.shape().elem_count() != c_out {
-                candle_core::bail!("conv3x3: {} bias entries for {c_out} output channels", b_layout.shape().elem_count());
-            }
+            // One bias row for all pixels, or one per sample.
+            let rows_per_bias_row = match b_layout.shape().elem_count() {
+                len if len == c_out => rows,
+                len if len == n * c_out => oh * ow,
+                len => candle_core::bail!("conv3x3: {len} bias entries for {c_out} output channels (give {c_out}, or {c_out} per sample)"),
+            };
             match &mut y {
-                CpuStorage::F32(y) => super::bias::add_to_rows(y, super::contiguous_slice(b, b_layout, Self::NAME)?),
-                CpuStorage::F64(y) => super::bias::add_to_rows(y, super::contiguous_slice(b, b_layout, Self::NAME)?),
+                CpuStorage::F32(y) => super::bias::add_to_rows(y, super::contiguous_slice(b, b_layout, Self::NAME)?, c_out, rows_per_bias_row),
+                CpuStorage::F64(y) => super::bias::add_to_rows(y, super::contiguous_slice(b, b_layout, Self::NAME)?, c_out, rows_per_bias_row),
                 _ => unreachable!("the matmul of f32 or f64 columns"),
             }
         }
-        let (oh, ow) = g.out_hw();
         Ok((y, Shape::from((n, oh, ow, c_out))))
     }
 
-    /// The gradients of the input, the weight and (when there is one) the bias.
-    fn backward(&self, x: &Tensor, w: &Tensor, grad_res: &Tensor, with_bias: bool) -> Result<(Tensor, Tensor, Option<Tensor>)> {
+    /// The gradients of the input, the weight and (when there is one) the bias, `bias_rows`
+    /// rows of it (1, or one per sample).
+    fn backward(&self, x: &Tensor, w: &Tensor, grad_res: &Tensor, bias_rows: Option<usize>) -> Result<(Tensor, Tensor, Option<Tensor>)> {
         // Detached: these products are gradients, not part of the graph being differentiated.
         let (x, w) = (x.detach(), w.detach());
         let (n, h, wd, c) = x.dims4()?;
@@ -214,7 +218,7 @@ impl Conv3x3Op {
             let g = Geometry { n, h, w: wd, c, stride: self.stride };
             dy_rows.matmul(&w.t()?)?.apply_op1_no_bwd(&Col2Im3x3(g))?
         };
-        let grad_bias = if with_bias { Some(super::bias::sum_rows(&dy_rows)?) } else { None };
+        let grad_bias = bias_rows.map(|groups| super::bias::sum_rows(&dy_rows, groups)).transpose()?;
         Ok((grad_x, grad_w, grad_bias))
     }
 }
@@ -229,7 +233,7 @@ impl CustomOp2 for Conv3x3Op {
     }
 
     fn bwd(&self, x: &Tensor, w: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let (grad_x, grad_w, _) = self.backward(x, w, grad_res, false)?;
+        let (grad_x, grad_w, _) = self.backward(x, w, grad_res, None)?;
         Ok((Some(grad_x), Some(grad_w)))
     }
 }
@@ -244,14 +248,16 @@ impl CustomOp3 for Conv3x3Op {
     }
 
     fn bwd(&self, x: &Tensor, w: &Tensor, b: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let (grad_x, grad_w, grad_b) = self.backward(x, w, grad_res, true)?;
+        let bias_rows = b.elem_count() / w.dim(1)?;
+        let (grad_x, grad_w, grad_b) = self.backward(x, w, grad_res, Some(bias_rows))?;
         Ok((Some(grad_x), Some(grad_w), grad_b.map(|g| g.reshape(b.shape())).transpose()?))
     }
 }
 
 /// A 3x3 convolution (zero padding 1) of NHWC `x` `(N, H, W, C_in)` with `weight`
-/// `(9*C_in, C_out)` (the layout of [`Conv3x3::weight_from_oihw`]) plus an optional `bias`
-/// `(C_out,)`: `(N, OH, OW, C_out)`. Differentiable in all three; CPU only, f32 or f64.
+/// `(9*C_in, C_out)` (the layout of [`Conv3x3::weight_from_oihw`]) plus an optional `bias`,
+/// `(C_out,)` or one row per sample `(N, C_out)`: `(N, OH, OW, C_out)`. Differentiable in
+/// all three; CPU only, f32 or f64.
 pub fn conv3x3(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, stride: usize) -> Result<Tensor> {
     if stride == 0 {
         candle_core::bail!("conv3x3: the stride must be at least 1");
@@ -350,6 +356,30 @@ mod tests {
             let r = randn(out.shape(), 99);
             let g_ours = out.mul(&r).unwrap().sum_all().unwrap().backward().unwrap();
             let g_ref = reference(xv.as_tensor(), kv.as_tensor(), bv.as_tensor(), stride).mul(&r).unwrap().sum_all().unwrap().backward().unwrap();
+            for (name, v) in [("input", &xv), ("weight", &kv), ("bias", &bv)] {
+                let d = max_abs_diff(g_ours.get(v).unwrap(), g_ref.get(v).unwrap());
+                assert!(d < 1e-9, "{name} gradient differs by {d}");
+            }
+        }
+    }
+
+    #[test]
+    fn per_sample_bias_matches_a_broadcast_addition() {
+        // A bias row per sample (as a ResBlock's timestep embedding adds), forward and the
+        // gradients of input, weight and bias against candle's conv2d and broadcast_add
+        // under autograd; f64, tolerance 1e-9. 300 pixels per sample straddle the bias
+        // op's row blocks.
+        for &(n, h, w, ci, co, stride) in &[(3, 4, 5, 2, 3, 1), (2, 15, 20, 2, 4, 1), (2, 5, 5, 3, 2, 2)] {
+            let (x, k, _) = case(n, h, w, ci, co, 13);
+            let b = randn((n, co), 14);
+            let (xv, kv, bv) = (Var::from_tensor(&x).unwrap(), Var::from_tensor(&k).unwrap(), Var::from_tensor(&b).unwrap());
+            let out = conv3x3(xv.as_tensor(), &Conv3x3::weight_from_oihw(kv.as_tensor()).unwrap(), Some(bv.as_tensor()), stride).unwrap();
+            let zero = Tensor::zeros(co, DType::F64, &Device::Cpu).unwrap();
+            let reference = reference(xv.as_tensor(), kv.as_tensor(), &zero, stride).broadcast_add(&bv.as_tensor().reshape((n, 1, 1, co)).unwrap()).unwrap();
+            assert!(max_abs_diff(&out, &reference) < 1e-9, "forward {n}x{h}x{w}x{ci}->{co} stride {stride}");
+            let r = randn(out.shape(), 98);
+            let g_ours = out.mul(&r).unwrap().sum_all().unwrap().backward().unwrap();
+            let g_ref = reference.mul(&r).unwrap().sum_all().unwrap().backward().unwrap();
             for (name, v) in [("input", &xv), ("weight", &kv), ("bias", &bv)] {
                 let d = max_abs_diff(g_ours.get(v).unwrap(), g_ref.get(v).unwrap());
                 assert!(d < 1e-9, "{name} gradient differs by {d}");

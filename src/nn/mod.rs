@@ -10,7 +10,8 @@
 //! - [`bias`]: a convolution's bias, added in place, and its gradient (column sums).
 //! - [`conv`]: 3x3 convolution, zero padding 1, NHWC, with its own backward: [`conv::Conv3x3`].
 //! - [`norm`]: GroupNorm followed by SiLU, fused: [`norm::group_norm_silu`].
-//! - [`upsample`]: nearest 2x upsampling (NCHW) with a sum-pool backward: [`upsample::upsample_nearest_2x`].
+//! - [`upsample`]: nearest 2x upsampling (NCHW or NHWC) with a sum-pool backward: [`upsample::upsample_nearest_2x`].
+//! - [`rowwise`]: the transformer's ops over the last dimension, fused: LayerNorm, softmax, GEGLU.
 //! - [`shapes`]: recording the keys and shapes a module asks for, without allocating.
 
 /// A zero-filled buffer, allocated uninitialised and then filled in parallel. `vec![0; n]`
@@ -41,6 +42,7 @@ fn contiguous_slice<'a, T: candle_core::WithDType>(
 pub mod bias;
 pub mod conv;
 pub mod norm;
+pub mod rowwise;
 pub mod shapes;
 pub mod upsample;
 #[cfg(test)]

@@ -1,50 +1,84 @@
-//! Nearest-neighbour 2x upsampling of NCHW tensors, with a 2x2 sum-pool backward.
+//! Nearest-neighbour 2x upsampling of NCHW or NHWC tensors, with a 2x2 sum-pool backward.
 //!
 //! candle 0.11 differentiates `upsample_nearest2d` with a grouped convolution, and it
 //! *replaces* the input's gradient instead of adding to it, so an input that also feeds
 //! another branch loses that branch's gradient (the test below fails with candle's op). Here both passes are one
-//! parallel loop over the (sample, channel) planes, and the gradient accumulates as usual.
+//! parallel loop over the planes (a sample's channel in NCHW, a sample in NHWC), and the
+//! gradient accumulates as usual.
 
 use candle_core::{backend::BackendStorage, CpuStorage, CustomOp1, DType, Layout, Result, Shape, Tensor, WithDType};
 use rayon::prelude::*;
 
+/// Where the channels are: NCHW's planes are `(H, W)` of single values, NHWC's are
+/// `(H, W)` of C-vectors.
+#[derive(Clone, Copy, Debug)]
+enum Channels {
+    First,
+    Last,
+}
+
+/// An NCHW or NHWC shape as planes of `(H, W)` pixels of `elem` values each.
+#[derive(Clone, Copy, Debug)]
+struct Planes {
+    planes: usize,
+    h: usize,
+    w: usize,
+    elem: usize,
+}
+
+impl Channels {
+    fn planes(self, (b, d1, d2, d3): (usize, usize, usize, usize)) -> Planes {
+        match self {
+            Self::First => Planes { planes: b * d1, h: d2, w: d3, elem: 1 },
+            Self::Last => Planes { planes: b, h: d1, w: d2, elem: d3 },
+        }
+    }
+
+    /// The 4-D shape of `(planes, h, w)` scaled by `scale` ((numerator, denominator)).
+    fn scaled(self, (b, d1, d2, d3): (usize, usize, usize, usize), (num, den): (usize, usize)) -> Shape {
+        match self {
+            Self::First => Shape::from((b, d1, d2 * num / den, d3 * num / den)),
+            Self::Last => Shape::from((b, d1 * num / den, d2 * num / den, d3)),
+        }
+    }
+}
+
 /// Each pixel of an `(H, W)` plane becomes a 2x2 block.
-struct Upsample2x;
+struct Upsample2x(Channels);
 
 /// Each 2x2 block of a `(2H, 2W)` plane is summed into one pixel.
-struct SumPool2x;
+struct SumPool2x(Channels);
 
-fn upsample<T: WithDType>(x: &[T], (planes, h, w): (usize, usize, usize)) -> Vec<T> {
-    let mut out = super::zeroed(planes * 4 * h * w);
-    out.par_chunks_mut(4 * h * w).zip(x.par_chunks(h * w)).for_each(|(o, x)| {
-        for (rows, src) in o.chunks_mut(4 * w).zip(x.chunks(w)) {
-            let (top, bottom) = rows.split_at_mut(2 * w);
-            for ((pair, &v), below) in top.chunks_mut(2).zip(src).zip(bottom.chunks_mut(2)) {
-                pair.fill(v);
-                below.fill(v);
+fn upsample<T: WithDType>(x: &[T], p: Planes) -> Vec<T> {
+    let (row, e) = (p.w * p.elem, p.elem);
+    let mut out = super::zeroed(p.planes * 4 * p.h * row);
+    out.par_chunks_mut(4 * p.h * row).zip(x.par_chunks(p.h * row)).for_each(|(o, x)| {
+        for (rows, src) in o.chunks_mut(4 * row).zip(x.chunks(row)) {
+            let (top, bottom) = rows.split_at_mut(2 * row);
+            for (pair, px) in top.chunks_mut(2 * e).zip(src.chunks(e)) {
+                pair[..e].copy_from_slice(px);
+                pair[e..].copy_from_slice(px);
             }
+            bottom.copy_from_slice(top);
         }
     });
     out
 }
 
-fn sum_pool<T: WithDType>(g: &[T], (planes, h, w): (usize, usize, usize)) -> Vec<T> {
-    let mut out = super::zeroed(planes * h * w);
-    out.par_chunks_mut(h * w).zip(g.par_chunks(4 * h * w)).for_each(|(o, g)| {
-        for (dst, rows) in o.chunks_mut(w).zip(g.chunks(4 * w)) {
-            let (top, bottom) = rows.split_at(2 * w);
-            for ((d, a), b) in dst.iter_mut().zip(top.chunks(2)).zip(bottom.chunks(2)) {
-                *d = a[0] + a[1] + b[0] + b[1];
+fn sum_pool<T: WithDType>(g: &[T], p: Planes) -> Vec<T> {
+    let (row, e) = (p.w * p.elem, p.elem);
+    let mut out = super::zeroed(p.planes * p.h * row);
+    out.par_chunks_mut(p.h * row).zip(g.par_chunks(4 * p.h * row)).for_each(|(o, g)| {
+        for (dst, rows) in o.chunks_mut(row).zip(g.chunks(4 * row)) {
+            let (top, bottom) = rows.split_at(2 * row);
+            for ((d, a), b) in dst.chunks_mut(e).zip(top.chunks(2 * e)).zip(bottom.chunks(2 * e)) {
+                for (k, d) in d.iter_mut().enumerate() {
+                    *d = a[k] + a[e + k] + b[k] + b[e + k];
+                }
             }
         }
     });
     out
-}
-
-/// The planes and the per-plane size of an NCHW layout's storage.
-fn planes(layout: &Layout) -> Result<(usize, usize, usize)> {
-    let (b, c, h, w) = layout.shape().dims4()?;
-    Ok((b * c, h, w))
 }
 
 impl CustomOp1 for Upsample2x {
@@ -53,18 +87,18 @@ impl CustomOp1 for Upsample2x {
     }
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        let (b, c, h, w) = layout.shape().dims4()?;
-        let dims = planes(layout)?;
+        let dims = layout.shape().dims4()?;
+        let p = self.0.planes(dims);
         let out = match storage.dtype() {
-            DType::F32 => CpuStorage::F32(upsample(super::contiguous_slice::<f32>(storage, layout, self.name())?, dims)),
-            DType::F64 => CpuStorage::F64(upsample(super::contiguous_slice::<f64>(storage, layout, self.name())?, dims)),
+            DType::F32 => CpuStorage::F32(upsample(super::contiguous_slice::<f32>(storage, layout, self.name())?, p)),
+            DType::F64 => CpuStorage::F64(upsample(super::contiguous_slice::<f64>(storage, layout, self.name())?, p)),
             other => candle_core::bail!("upsample_nearest_2x supports f32 and f64, not {other:?}"),
         };
-        Ok((out, Shape::from((b, c, 2 * h, 2 * w))))
+        Ok((out, self.0.scaled(dims, (2, 1))))
     }
 
     fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
-        Ok(Some(grad.contiguous()?.apply_op1_no_bwd(&SumPool2x)?))
+        Ok(Some(grad.contiguous()?.apply_op1_no_bwd(&SumPool2x(self.0))?))
     }
 }
 
@@ -74,17 +108,18 @@ impl CustomOp1 for SumPool2x {
     }
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        let (b, c, h2, w2) = layout.shape().dims4()?;
-        if h2 % 2 != 0 || w2 % 2 != 0 {
-            candle_core::bail!("sum_pool_2x: {h2}x{w2} is not a 2x upsampled size");
+        let dims = layout.shape().dims4()?;
+        let doubled = self.0.planes(dims);
+        if doubled.h % 2 != 0 || doubled.w % 2 != 0 {
+            candle_core::bail!("sum_pool_2x: {}x{} is not a 2x upsampled size", doubled.h, doubled.w);
         }
-        let dims = (b * c, h2 / 2, w2 / 2);
+        let p = Planes { h: doubled.h / 2, w: doubled.w / 2, ..doubled };
         let out = match storage.dtype() {
-            DType::F32 => CpuStorage::F32(sum_pool(super::contiguous_slice::<f32>(storage, layout, self.name())?, dims)),
-            DType::F64 => CpuStorage::F64(sum_pool(super::contiguous_slice::<f64>(storage, layout, self.name())?, dims)),
+            DType::F32 => CpuStorage::F32(sum_pool(super::contiguous_slice::<f32>(storage, layout, self.name())?, p)),
+            DType::F64 => CpuStorage::F64(sum_pool(super::contiguous_slice::<f64>(storage, layout, self.name())?, p)),
             other => candle_core::bail!("sum_pool_2x supports f32 and f64, not {other:?}"),
         };
-        Ok((out, Shape::from((b, c, h2 / 2, w2 / 2))))
+        Ok((out, self.0.scaled(dims, (1, 2))))
     }
 }
 
@@ -93,9 +128,16 @@ impl CustomOp1 for SumPool2x {
 pub fn upsample_nearest_2x(x: &Tensor) -> Result<Tensor> {
     let (_, _, h, w) = x.dims4()?;
     if x.device().is_cpu() && matches!(x.dtype(), DType::F32 | DType::F64) {
-        return x.contiguous()?.apply_op1(Upsample2x);
+        return x.contiguous()?.apply_op1(Upsample2x(Channels::First));
     }
     x.upsample_nearest2d(2 * h, 2 * w)
+}
+
+/// Nearest-neighbour 2x upsampling of channels-last `x` (B, H, W, C) (differentiable); CPU
+/// only, f32 or f64.
+pub fn upsample_nearest_2x_nhwc(x: &Tensor) -> Result<Tensor> {
+    x.dims4()?;
+    x.contiguous()?.apply_op1(Upsample2x(Channels::Last))
 }
 
 #[cfg(test)]
@@ -121,6 +163,23 @@ mod tests {
             let blocks = r.reshape((b, c, h, 2, w, 2)).unwrap().sum(5).unwrap().sum(3).unwrap();
             let d = max_abs_diff(grad.get(&x).unwrap(), &(blocks + &s).unwrap());
             assert!(d < 1e-12, "gradient {b}x{c}x{h}x{w}: {d}");
+        }
+    }
+
+    #[test]
+    fn channels_last_agrees_with_channels_first() {
+        // The NHWC op is the NCHW op under a permutation, forward and gradient; f64,
+        // tolerance 1e-12.
+        for &(b, c, h, w) in &[(1, 1, 1, 1), (2, 3, 5, 4), (1, 5, 3, 7)] {
+            let x = Var::from_tensor(&randn((b, h, w, c), 4)).unwrap();
+            let ours = upsample_nearest_2x_nhwc(x.as_tensor()).unwrap();
+            let first = upsample_nearest_2x(&x.as_tensor().permute((0, 3, 1, 2)).unwrap()).unwrap().permute((0, 2, 3, 1)).unwrap();
+            assert!(max_abs_diff(&ours, &first) < 1e-12, "forward {b}x{h}x{w}x{c}");
+            let r = randn((b, 2 * h, 2 * w, c), 5);
+            let grad = ours.mul(&r).unwrap().sum_all().unwrap().backward().unwrap();
+            let blocks = r.reshape((b, h, 2, w, 2, c)).unwrap().sum(4).unwrap().sum(2).unwrap();
+            let d = max_abs_diff(grad.get(&x).unwrap(), &blocks);
+            assert!(d < 1e-12, "gradient {b}x{h}x{w}x{c}: {d}");
         }
     }
 }

@@ -4,79 +4,130 @@
 //!
 //! Every block runs its arithmetic through [`ops`], the one place where the
 //! implementation of an op (convolution, normalisation, activation, linear map,
-//! attention) is chosen. Today these are plain candle ops on NCHW tensors, all with
-//! autograd; switching CPU training to faster custom ops happens there and nowhere else.
+//! attention) and the layout of the feature maps are chosen: channels-last with the fast
+//! custom ops of [`crate::nn`] on the CPU in f32, channels-first with candle's own ops
+//! elsewhere. All of them have autograd.
 
 use super::struct_encoder::StructFeatures;
-use candle_core::{DType, Result, Tensor, D};
+use candle_core::{DType, Result, Tensor};
 use candle_nn::VarBuilder;
 
-/// The ops every block uses. Each is composed from candle ops that have a backward pass:
-/// candle_nn's fused `softmax_last_dim` and `layer_norm` have none and would silently cut
-/// gradients during training, so they are not used.
+/// The ops every block uses. Each is composed from candle ops that have a backward pass, or
+/// is one of [`crate::nn`]'s custom ops with its own: candle_nn's fused
+/// `softmax_last_dim` and `layer_norm` have none and would silently cut gradients during
+/// training, so they are not used.
+///
+/// Feature maps are 4-D in the layout [`channels_last`] gives for them; the networks'
+/// entry points convert from and to channels-first ([`from_nchw`], [`to_nchw`]), and the
+/// blocks in between touch a map's axes only through the functions here.
 pub mod ops {
     use candle_core::{DType, Result, Tensor, D};
 
-    /// Whether the fast CPU ops of [`crate::nn`] run `x`: f32 on the CPU. Elsewhere
-    /// candle's own ops do (CUDA has fast convolutions; the custom ops are CPU-only).
-    fn fast_cpu(x: &Tensor) -> bool {
+    /// Whether the networks keep `x`'s feature maps channels-last, (B, H, W, C): exactly
+    /// when the fast CPU ops of [`crate::nn`] run them (f32 on the CPU), which work on
+    /// NHWC so that a convolution is one matmul over pixels and no op between two of them
+    /// transposes. Elsewhere channels-first, (B, C, H, W), candle's own layout: CUDA has
+    /// fast convolutions of its own, and the custom ops are CPU-only.
+    pub fn channels_last(x: &Tensor) -> bool {
         x.device().is_cpu() && x.dtype() == DType::F32
     }
 
-    /// 2-D convolution of `x` (B, C_in, H, W) with `weight` (C_out, C_in, kH, kW), plus a
-    /// per-channel `bias` (C_out).
-    ///
-    /// On the CPU, 3x3 kernels with padding 1 run as NHWC im2col + one matmul
-    /// ([`crate::nn::conv::conv3x3`]) and 1x1 kernels as one matmul: candle's CPU convolution
-    /// backward is a direct-loop transposed convolution, several times slower to train.
-    pub fn conv2d(
-        x: &Tensor,
-        weight: &Tensor,
-        bias: &Tensor,
-        stride: usize,
-        padding: usize,
-    ) -> Result<Tensor> {
-        let (c_out, c_in, kh, kw) = weight.dims4()?;
-        let channels = bias.dims1()?;
-        if fast_cpu(x) && (kh, kw, padding) == (3, 3, 1) {
-            let w = crate::nn::conv::Conv3x3::weight_from_oihw(weight)?;
-            return crate::nn::conv::conv3x3(&x.permute((0, 2, 3, 1))?, &w, Some(bias), stride)?.permute((0, 3, 1, 2));
+    /// A channels-first map (B, C, H, W) in the networks' layout.
+    pub fn from_nchw(x: &Tensor) -> Result<Tensor> {
+        if channels_last(x) {
+            x.permute((0, 2, 3, 1))?.contiguous()
+        } else {
+            Ok(x.clone())
         }
-        if fast_cpu(x) && (kh, kw, stride, padding) == (1, 1, 1, 0) {
-            let (b, _, h, wd) = x.dims4()?;
-            let flat = x.reshape((b, c_in, h * wd))?;
-            let y = weight.reshape((c_out, c_in))?.broadcast_matmul(&flat)?;
-            return y.broadcast_add(&bias.reshape((1, channels, 1))?)?.reshape((b, c_out, h, wd));
-        }
-        let y = x.conv2d(weight, padding, stride, 1, 1)?;
-        y.broadcast_add(&bias.reshape((1, channels, 1, 1))?)
     }
 
-    /// Group normalisation of `x` (B, C, ...) over `num_groups` groups of channels,
-    /// computed in f32 (as StableSR's GroupNorm32), then a per-channel affine map.
-    pub fn group_norm(
-        x: &Tensor,
-        num_groups: usize,
-        eps: f64,
-        weight: &Tensor,
-        bias: &Tensor,
-    ) -> Result<Tensor> {
-        let dims = x.dims().to_vec();
-        if dims.len() < 3 {
-            candle_core::bail!("group norm expects (B, C, ...), got shape {dims:?}");
+    /// A map in the networks' layout as channels-first (B, C, H, W).
+    pub fn to_nchw(x: &Tensor) -> Result<Tensor> {
+        if channels_last(x) {
+            x.permute((0, 3, 1, 2))?.contiguous()
+        } else {
+            Ok(x.clone())
         }
-        let (batch, channels) = (dims[0], dims[1]);
+    }
+
+    /// (height, width) of a map.
+    pub fn spatial_size(x: &Tensor) -> Result<(usize, usize)> {
+        let (_, d1, d2, d3) = x.dims4()?;
+        Ok(if channels_last(x) { (d1, d2) } else { (d2, d3) })
+    }
+
+    /// Maps of the same size joined along their channels, in order.
+    pub fn cat_channels(maps: &[&Tensor]) -> Result<Tensor> {
+        let Some(first) = maps.first() else {
+            candle_core::bail!("cat_channels needs at least one map");
+        };
+        Tensor::cat(maps, if channels_last(first) { 3 } else { 1 })
+    }
+
+    /// A map as its pixels' feature vectors, (B, H*W, C), row by row: the transformers'
+    /// tokens. Channels-last this is a view.
+    pub fn to_tokens(x: &Tensor) -> Result<Tensor> {
+        if channels_last(x) {
+            let (b, h, w, c) = x.dims4()?;
+            x.reshape((b, h * w, c))
+        } else {
+            x.flatten_from(2)?.transpose(1, 2)?.contiguous()
+        }
+    }
+
+    /// Tokens (B, height*width, C) back to a map.
+    pub fn from_tokens(tokens: &Tensor, height: usize, width: usize) -> Result<Tensor> {
+        let (b, _, c) = tokens.dims3()?;
+        if channels_last(tokens) {
+            tokens.reshape((b, height, width, c))
+        } else {
+            tokens.transpose(1, 2)?.reshape((b, c, height, width))
+        }
+    }
+
+    /// 2-D convolution of the map `x` with `weight` (C_out, C_in, kH, kW), plus `bias`:
+    /// (C_out) for every sample, or (B, C_out) one row per sample.
+    ///
+    /// Channels-last, 3x3 kernels with padding 1 run as im2col + one matmul with the bias
+    /// added inside the op ([`crate::nn::conv::conv3x3`]), and 1x1 kernels as one matmul:
+    /// candle's CPU convolution backward is a direct-loop transposed convolution, several
+    /// times slower to train. Other kernels go through candle's convolution.
+    pub fn conv2d(x: &Tensor, weight: &Tensor, bias: &Tensor, stride: usize, padding: usize) -> Result<Tensor> {
+        let (c_out, c_in, kh, kw) = weight.dims4()?;
+        if !channels_last(x) {
+            return conv2d_nchw(x, weight, bias, stride, padding);
+        }
+        if (kh, kw, padding) == (3, 3, 1) {
+            let w = crate::nn::conv::Conv3x3::weight_from_oihw(weight)?;
+            return crate::nn::conv::conv3x3(x, &w, Some(bias), stride);
+        }
+        if (kh, kw, stride, padding) == (1, 1, 1, 0) {
+            let (b, h, wd, _) = x.dims4()?;
+            let y = x.reshape((b * h * wd, c_in))?.matmul(&weight.reshape((c_out, c_in))?.t()?)?;
+            let bias_rows = bias.elem_count() / c_out;
+            return y.reshape((b, h * wd, c_out))?.broadcast_add(&bias.reshape((bias_rows, 1, c_out))?)?.reshape((b, h, wd, c_out));
+        }
+        from_nchw(&conv2d_nchw(&to_nchw(x)?, weight, bias, stride, padding)?)
+    }
+
+    /// [`conv2d`] on channels-first `x` with candle's convolution.
+    fn conv2d_nchw(x: &Tensor, weight: &Tensor, bias: &Tensor, stride: usize, padding: usize) -> Result<Tensor> {
+        let c_out = weight.dim(0)?;
+        let y = x.conv2d(weight, padding, stride, 1, 1)?;
+        y.broadcast_add(&bias.reshape((bias.elem_count() / c_out, c_out, 1, 1))?)
+    }
+
+    /// Group normalisation of the map `x` over `num_groups` groups of channels, computed
+    /// in f32 (as StableSR's GroupNorm32), then a per-channel affine map.
+    pub fn group_norm(x: &Tensor, num_groups: usize, eps: f64, weight: &Tensor, bias: &Tensor) -> Result<Tensor> {
+        let (batch, channels, height, width) = x.dims4()?;
+        if channels_last(x) {
+            // The fused op ([`crate::nn::norm`]): composed, the normalisation is a dozen
+            // small ops forward and more backward.
+            return crate::nn::norm::group_norm(x, weight, bias, num_groups, eps);
+        }
         if num_groups == 0 || channels % num_groups != 0 {
-            candle_core::bail!(
-                "group norm: {channels} channels do not split into {num_groups} groups"
-            );
-        }
-        // The fused op ([`crate::nn::norm`]) on channels-last: composed, the normalisation
-        // is a dozen small ops forward and more backward.
-        if fast_cpu(x) && dims.len() == 4 {
-            let nhwc = x.permute((0, 2, 3, 1))?;
-            let y = crate::nn::norm::group_norm(&nhwc, weight, bias, num_groups, eps)?;
-            return y.permute((0, 3, 1, 2));
+            candle_core::bail!("group norm: {channels} channels do not split into {num_groups} groups");
         }
         let x_dtype = x.dtype();
         let grouped = x.to_dtype(DType::F32)?.reshape((batch, num_groups, ()))?;
@@ -87,35 +138,27 @@ pub mod ops {
         let normed = centred
             .broadcast_div(&(variance + eps)?.sqrt()?)?
             .to_dtype(x_dtype)?
-            .reshape(dims.as_slice())?;
-        let mut affine_shape = vec![1; dims.len()];
-        affine_shape[1] = channels;
+            .reshape((batch, channels, height, width))?;
         normed
-            .broadcast_mul(&weight.reshape(affine_shape.as_slice())?)?
-            .broadcast_add(&bias.reshape(affine_shape.as_slice())?)
+            .broadcast_mul(&weight.reshape((1, channels, 1, 1))?)?
+            .broadcast_add(&bias.reshape((1, channels, 1, 1))?)
     }
 
     /// [`group_norm`] followed by [`silu`], the pair at the head of every ResBlock layer
     /// stack (one op, so that a fused implementation can replace it).
-    pub fn group_norm_silu(
-        x: &Tensor,
-        num_groups: usize,
-        eps: f64,
-        weight: &Tensor,
-        bias: &Tensor,
-    ) -> Result<Tensor> {
-        // The fused op (one pass forward, one backward; [`crate::nn::norm`]) works on
-        // channels-last tensors of rank 4.
-        if fast_cpu(x) && x.rank() == 4 {
-            let nhwc = x.permute((0, 2, 3, 1))?;
-            let y = crate::nn::norm::group_norm_silu(&nhwc, weight, bias, num_groups, eps)?;
-            return y.permute((0, 3, 1, 2));
+    pub fn group_norm_silu(x: &Tensor, num_groups: usize, eps: f64, weight: &Tensor, bias: &Tensor) -> Result<Tensor> {
+        if channels_last(x) {
+            // The fused op: one pass forward, one backward.
+            return crate::nn::norm::group_norm_silu(x, weight, bias, num_groups, eps);
         }
         silu(&group_norm(x, num_groups, eps, weight, bias)?)
     }
 
     /// Layer normalisation over the last dimension, then a per-feature affine map.
     pub fn layer_norm(x: &Tensor, eps: f64, weight: &Tensor, bias: &Tensor) -> Result<Tensor> {
+        if crate::nn::rowwise::fused(x) {
+            return crate::nn::rowwise::layer_norm_last_dim(x, weight, bias, eps);
+        }
         let x_dtype = x.dtype();
         let x = x.to_dtype(DType::F32)?;
         let len = x.dim(D::Minus1)? as f64;
@@ -139,9 +182,14 @@ pub mod ops {
         x.relu()
     }
 
-    /// The exact (erf-based) GELU, as torch's `F.gelu` default.
-    pub fn gelu_erf(x: &Tensor) -> Result<Tensor> {
-        x.gelu_erf()
+    /// GEGLU over the last dimension of `x` (.., 2F), `[value | gate]`: `value *
+    /// gelu(gate)` with the exact (erf-based) GELU, torch's `F.gelu` default.
+    pub fn geglu(x: &Tensor) -> Result<Tensor> {
+        if crate::nn::rowwise::fused(x) {
+            return crate::nn::rowwise::geglu_last_dim(x);
+        }
+        let half = x.dim(D::Minus1)? / 2;
+        x.narrow(D::Minus1, 0, half)? * x.narrow(D::Minus1, half, half)?.gelu_erf()?
     }
 
     /// `x @ weight^T + bias` over the last dimension of `x` (any number of leading
@@ -174,17 +222,24 @@ pub mod ops {
         weights.matmul(&v)
     }
 
-    /// Softmax over the last dimension, composed from differentiable ops.
+    /// Softmax over the last dimension.
     fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
+        if crate::nn::rowwise::fused(x) {
+            return crate::nn::rowwise::softmax_last_dim(x);
+        }
         let shifted = x.broadcast_sub(&x.max_keepdim(D::Minus1)?)?;
         let exp = shifted.exp()?;
         exp.broadcast_div(&exp.sum_keepdim(D::Minus1)?)
     }
 
-    /// Nearest-neighbour 2x upsampling of `x` (B, C, H, W) ([`crate::nn::upsample`]: a
-    /// parallel sum-pool backward that accumulates, where candle's replaces).
+    /// Nearest-neighbour 2x upsampling of the map `x` ([`crate::nn::upsample`]: a parallel
+    /// sum-pool backward that accumulates, where candle's replaces).
     pub fn upsample_nearest_2x(x: &Tensor) -> Result<Tensor> {
-        crate::nn::upsample::upsample_nearest_2x(x)
+        if channels_last(x) {
+            crate::nn::upsample::upsample_nearest_2x_nhwc(x)
+        } else {
+            crate::nn::upsample::upsample_nearest_2x(x)
+        }
     }
 }
 
@@ -232,14 +287,20 @@ impl Conv2d {
         Self::new(vb, in_channels, out_channels, 3, 1, 1)
     }
 
-    /// `x` (B, C_in, H, W) -> (B, C_out, H', W').
+    /// A map of C_in channels -> C_out channels, (H', W').
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         ops::conv2d(x, &self.weight, &self.bias, self.stride, self.padding)
     }
+
+    /// [`Self::forward`] with `shift` (B, C_out) added to each sample's channels: the
+    /// addition rides on the convolution's own bias, with no pass of its own.
+    pub fn forward_shifted(&self, x: &Tensor, shift: &Tensor) -> Result<Tensor> {
+        ops::conv2d(x, &self.weight, &shift.broadcast_add(&self.bias)?, self.stride, self.padding)
+    }
 }
 
-/// A 1-D convolution with kernel size 1 on (B, C, T) (openaimodel's `conv_nd(1, .., 1)`;
-/// weight (C_out, C_in, 1)), run as a 1x1 2-D convolution.
+/// A 1-D convolution with kernel size 1 (openaimodel's `conv_nd(1, .., 1)`; weight
+/// (C_out, C_in, 1)) over tokens: a linear map of each token's channels.
 #[derive(Debug, Clone)]
 pub struct PointwiseConv1d {
     weight: Tensor,
@@ -255,16 +316,9 @@ impl PointwiseConv1d {
         })
     }
 
-    /// `x` (B, C_in, T) -> (B, C_out, T).
+    /// Tokens `x` (B, T, C_in) -> (B, T, C_out).
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let y = ops::conv2d(
-            &x.unsqueeze(3)?,
-            &self.weight.unsqueeze(3)?,
-            &self.bias,
-            1,
-            0,
-        )?;
-        y.squeeze(3)
+        ops::linear(x, &self.weight.squeeze(2)?, Some(&self.bias))
     }
 }
 
@@ -329,7 +383,7 @@ impl GroupNorm {
         Self::new(vb, GROUP_NORM32_GROUPS, channels, GROUP_NORM32_EPS)
     }
 
-    /// `x` (B, C, ...).
+    /// `x` a map.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         ops::group_norm(x, self.num_groups, self.eps, &self.weight, &self.bias)
     }
@@ -474,15 +528,11 @@ impl ResBlockCore {
         })
     }
 
-    /// The residual branch.
+    /// The residual branch; the embedding's projection is added per sample and channel
+    /// after `in_layers`, as the bias of its convolution.
     fn residual(&self, x: &Tensor, emb: &Tensor) -> Result<Tensor> {
-        let h = self.in_conv.forward(&self.in_norm.forward_silu(x)?)?;
-        let emb_out = self
-            .emb_proj
-            .forward(&ops::silu(emb)?)?
-            .unsqueeze(2)?
-            .unsqueeze(3)?;
-        let h = h.broadcast_add(&emb_out)?;
+        let emb_out = self.emb_proj.forward(&ops::silu(emb)?)?;
+        let h = self.in_conv.forward_shifted(&self.in_norm.forward_silu(x)?, &emb_out)?;
         self.out_conv.forward(&self.out_norm.forward_silu(&h)?)
     }
 
@@ -520,7 +570,7 @@ impl ResBlock {
         })
     }
 
-    /// `x` (B, C, H, W), `emb` (B, emb_channels).
+    /// `x` a map, `emb` (B, emb_channels).
     pub fn forward(&self, x: &Tensor, emb: &Tensor) -> Result<Tensor> {
         self.core.skip(x)? + self.core.residual(x, emb)?
     }
@@ -555,8 +605,8 @@ impl ResBlockDual {
         })
     }
 
-    /// `x` (B, C, H, W), `emb` (B, emb_channels), `struct_cond` the structure features,
-    /// of which the one with width W is used.
+    /// `x` a map, `emb` (B, emb_channels), `struct_cond` the structure features, of which
+    /// the one of `x`'s width is used.
     pub fn forward(
         &self,
         x: &Tensor,
@@ -591,9 +641,9 @@ impl Spade {
         })
     }
 
-    /// `x` (B, norm_channels, H, W), modulated by the feature map of width W.
+    /// `x` a map of norm_channels, modulated by the feature map of its width.
     pub fn forward(&self, x: &Tensor, struct_cond: &StructFeatures) -> Result<Tensor> {
-        let segmap = struct_cond.get(x.dim(3)?)?;
+        let segmap = struct_cond.map(ops::spatial_size(x)?.1)?;
         let normalized = self.param_free_norm.forward(x)?;
         let actv = ops::relu(&self.mlp_shared.forward(segmap)?)?;
         let gamma = self.mlp_gamma.forward(&actv)?;
@@ -630,18 +680,20 @@ impl AttentionBlock {
         })
     }
 
-    /// `x` (B, C, H, W).
+    /// `x` a map.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let (batch, channels, height, width) = x.dims4()?;
-        let x = x.reshape((batch, channels, height * width))?;
-        let qkv = self.qkv.forward(&self.norm.forward(&x)?)?;
-        let head_width = channels / self.num_heads;
-        let per_head = qkv.reshape((batch * self.num_heads, 3 * head_width, height * width))?;
-        // (B*heads, head_width, T) -> (B*heads, T, head_width) for the shared attention op.
+        let (height, width) = ops::spatial_size(x)?;
+        let qkv = self.qkv.forward(&ops::to_tokens(&self.norm.forward(x)?)?)?;
+        let (batch, tokens, qkv_channels) = qkv.dims3()?;
+        let head_width = qkv_channels / 3 / self.num_heads;
+        // Each head's 3 x head_width channels hold its q, k and v in turn.
+        let per_head = qkv.reshape((batch, tokens, self.num_heads, 3 * head_width))?;
+        // (B, T, heads, head_width) -> (B*heads, T, head_width) for the shared attention op.
         let part = |i: usize| {
             per_head
-                .narrow(1, i * head_width, head_width)?
-                .transpose(1, 2)
+                .narrow(3, i * head_width, head_width)?
+                .transpose(1, 2)?
+                .reshape((batch * self.num_heads, tokens, head_width))
         };
         let attended = ops::attention(
             &part(0)?,
@@ -650,10 +702,10 @@ impl AttentionBlock {
             1.0 / (head_width as f64).sqrt(),
         )?;
         let h = attended
+            .reshape((batch, self.num_heads, tokens, head_width))?
             .transpose(1, 2)?
-            .reshape((batch, channels, height * width))?;
-        let h = self.proj_out.forward(&h)?;
-        (x + h)?.reshape((batch, channels, height, width))
+            .reshape((batch, tokens, self.num_heads * head_width))?;
+        x + ops::from_tokens(&self.proj_out.forward(&h)?, height, width)?
     }
 }
 
@@ -721,7 +773,6 @@ impl CrossAttention {
 pub struct FeedForward {
     proj_in: Linear,
     proj_out: Linear,
-    inner: usize,
 }
 
 impl FeedForward {
@@ -731,16 +782,12 @@ impl FeedForward {
         Ok(Self {
             proj_in: Linear::new(vb.pp("net.0.proj"), dim, 2 * inner, true)?,
             proj_out: Linear::new(vb.pp("net.2"), inner, dim, true)?,
-            inner,
         })
     }
 
     /// `x` (..., dim).
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let projected = self.proj_in.forward(x)?;
-        let value = projected.narrow(D::Minus1, 0, self.inner)?;
-        let gate = projected.narrow(D::Minus1, self.inner, self.inner)?;
-        self.proj_out.forward(&(value * ops::gelu_erf(&gate)?)?)
+        self.proj_out.forward(&ops::geglu(&self.proj_in.forward(x)?)?)
     }
 }
 
@@ -783,22 +830,17 @@ impl BasicTransformerBlock {
     }
 }
 
-/// How the spatial transformer maps between channels and tokens: `nn.Linear` on the
-/// tokens (`use_linear_in_transformer`, StableSR's setting) or a 1x1 conv on the map.
-#[derive(Debug, Clone)]
-enum TokenProjection {
-    Linear(Linear),
-    Conv(Conv2d),
-}
-
-impl TokenProjection {
-    fn new(vb: VarBuilder, in_dim: usize, out_dim: usize, use_linear: bool) -> Result<Self> {
-        Ok(if use_linear {
-            Self::Linear(Linear::new(vb, in_dim, out_dim, true)?)
-        } else {
-            Self::Conv(Conv2d::new(vb, in_dim, out_dim, 1, 1, 0)?)
-        })
+/// How the spatial transformer maps between channels and tokens: `nn.Linear`
+/// (`use_linear_in_transformer`, StableSR's setting) or a 1x1 conv, whose weight
+/// (out, in, 1, 1) is the same linear map of each pixel's channels.
+fn token_projection(vb: VarBuilder, in_dim: usize, out_dim: usize, use_linear: bool) -> Result<Linear> {
+    if use_linear {
+        return Linear::new(vb, in_dim, out_dim, true);
     }
+    Ok(Linear {
+        weight: vb.get((out_dim, in_dim, 1, 1), "weight")?.reshape((out_dim, in_dim))?,
+        bias: Some(vb.get(out_dim, "bias")?),
+    })
 }
 
 /// LDM's `SpatialTransformerV2`: Normalize (GroupNorm 32, eps 1e-6), `proj_in`, the
@@ -806,9 +848,9 @@ impl TokenProjection {
 #[derive(Debug, Clone)]
 pub struct SpatialTransformer {
     norm: GroupNorm,
-    proj_in: TokenProjection,
+    proj_in: Linear,
     transformer_blocks: Vec<BasicTransformerBlock>,
-    proj_out: TokenProjection,
+    proj_out: Linear,
 }
 
 impl SpatialTransformer {
@@ -842,39 +884,20 @@ impl SpatialTransformer {
                 channels,
                 TRANSFORMER_NORM_EPS,
             )?,
-            proj_in: TokenProjection::new(vb.pp("proj_in"), channels, inner, use_linear)?,
+            proj_in: token_projection(vb.pp("proj_in"), channels, inner, use_linear)?,
             transformer_blocks,
-            proj_out: TokenProjection::new(vb.pp("proj_out"), inner, channels, use_linear)?,
+            proj_out: token_projection(vb.pp("proj_out"), inner, channels, use_linear)?,
         })
     }
 
-    /// `x` (B, C, H, W); `context` (B, M, context_dim) or None for self-attention.
+    /// `x` a map; `context` (B, M, context_dim) or None for self-attention.
     pub fn forward(&self, x: &Tensor, context: Option<&Tensor>) -> Result<Tensor> {
-        let (batch, channels, height, width) = x.dims4()?;
-        let mut h = self.norm.forward(x)?;
-        if let TokenProjection::Conv(conv) = &self.proj_in {
-            h = conv.forward(&h)?;
-        }
-        let inner = h.dim(1)?;
-        let mut tokens = h.flatten_from(2)?.transpose(1, 2)?.contiguous()?;
-        if let TokenProjection::Linear(linear) = &self.proj_in {
-            tokens = linear.forward(&tokens)?;
-        }
+        let (height, width) = ops::spatial_size(x)?;
+        let mut tokens = self.proj_in.forward(&ops::to_tokens(&self.norm.forward(x)?)?)?;
         for block in &self.transformer_blocks {
             tokens = block.forward(&tokens, context)?;
         }
-        let out = match &self.proj_out {
-            TokenProjection::Linear(linear) => linear
-                .forward(&tokens)?
-                .transpose(1, 2)?
-                .reshape((batch, channels, height, width))?,
-            TokenProjection::Conv(conv) => conv.forward(
-                &tokens
-                    .transpose(1, 2)?
-                    .reshape((batch, inner, height, width))?,
-            )?,
-        };
-        out + x
+        ops::from_tokens(&self.proj_out.forward(&tokens)?, height, width)? + x
     }
 }
 
@@ -892,7 +915,7 @@ impl Downsample {
         })
     }
 
-    /// `x` (B, C, H, W) -> (B, C_out, ceil(H/2), ceil(W/2)).
+    /// A map of C channels, (H, W) -> C_out channels, (ceil(H/2), ceil(W/2)).
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         self.op.forward(x)
     }
@@ -912,7 +935,7 @@ impl Upsample {
         })
     }
 
-    /// `x` (B, C, H, W) -> (B, C_out, 2H, 2W).
+    /// A map of C channels, (H, W) -> C_out channels, (2H, 2W).
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         self.conv.forward(&ops::upsample_nearest_2x(x)?)
     }
@@ -940,7 +963,8 @@ impl TimeEmbed {
 
     /// `timesteps` (B,) -> (B, 4 x model_channels).
     pub fn forward(&self, timesteps: &Tensor) -> Result<Tensor> {
-        let t_emb = timestep_embedding(timesteps, self.model_channels)?;
+        // The embedding is computed in f32 and then takes the weights' dtype.
+        let t_emb = timestep_embedding(timesteps, self.model_channels)?.to_dtype(self.linear_1.weight.dtype())?;
         self.linear_2
             .forward(&ops::silu(&self.linear_1.forward(&t_emb)?)?)
     }

@@ -6,15 +6,16 @@
 //! them by width.
 
 use super::layers::{
-    attention_heads, deserialize_unset_negative, AttentionBlock, Conv2d, Downsample, ResBlock,
-    TimeEmbed,
+    attention_heads, deserialize_unset_negative, ops, AttentionBlock, Conv2d, Downsample,
+    ResBlock, TimeEmbed,
 };
 use candle_core::{Result, Tensor};
 use candle_nn::VarBuilder;
 use std::collections::BTreeMap;
 
-/// The structure features: feature maps (B, out_channels, h, w) keyed by their width `w`
-/// (StableSR's dict keyed by `str(width)`).
+/// The structure features: feature maps of out_channels keyed by their width `w`
+/// (StableSR's dict keyed by `str(width)`), kept in the networks' layout
+/// ([`ops::channels_last`]) for the UNet's SPADE layers.
 #[derive(Debug, Clone, Default)]
 pub struct StructFeatures {
     by_width: BTreeMap<usize, Tensor>,
@@ -26,17 +27,18 @@ impl StructFeatures {
         Self::default()
     }
 
-    /// Adds `map` (B, C, h, w) under its width; a second map of the same width is an error.
+    /// Adds `map` (in the networks' layout) under its width; a second map of the same
+    /// width is an error.
     pub fn insert(&mut self, map: Tensor) -> Result<()> {
-        let width = map.dim(3)?;
+        let width = ops::spatial_size(&map)?.1;
         if self.by_width.insert(width, map).is_some() {
             candle_core::bail!("two structure feature maps have width {width}");
         }
         Ok(())
     }
 
-    /// The feature map of width `width`.
-    pub fn get(&self, width: usize) -> Result<&Tensor> {
+    /// The feature map of width `width` in the networks' layout.
+    pub fn map(&self, width: usize) -> Result<&Tensor> {
         self.by_width.get(&width).ok_or_else(|| {
             candle_core::Error::Msg(format!(
                 "no structure feature map of width {width} (have widths {:?}); the latent \
@@ -46,14 +48,14 @@ impl StructFeatures {
         })
     }
 
+    /// The feature map of width `width`, (B, out_channels, h, width).
+    pub fn get(&self, width: usize) -> Result<Tensor> {
+        ops::to_nchw(self.map(width)?)
+    }
+
     /// The widths present, smallest first.
     pub fn widths(&self) -> Vec<usize> {
         self.by_width.keys().copied().collect()
-    }
-
-    /// (width, map) pairs, smallest width first.
-    pub fn iter(&self) -> impl Iterator<Item = (usize, &Tensor)> {
-        self.by_width.iter().map(|(w, t)| (*w, t))
     }
 }
 
@@ -229,13 +231,13 @@ impl StructEncoder {
     }
 
     /// `x` the low-resolution latent (B, in_channels, H, W), `timesteps` (B,) of any
-    /// dtype, one per sample. Returns the feature maps (B, out_channels, h, w) for
-    /// w = W, W/2, ... (one per level).
+    /// dtype, one per sample. Returns the feature maps of out_channels at widths
+    /// W, W/2, ... (one per level).
     pub fn forward(&self, x: &Tensor, timesteps: &Tensor) -> Result<StructFeatures> {
         let emb = self.time_embed.forward(timesteps)?;
         // The input of every downsampling step, then the middle block's output.
         let mut tapped = Vec::with_capacity(self.fea_tran.len());
-        let mut h = x.clone();
+        let mut h = ops::from_nchw(x)?;
         for block in &self.input_blocks {
             if block.is_downsample() {
                 tapped.push(h.clone());

@@ -4,7 +4,7 @@
 //! cross-attention to the text context. Predicts the noise (eps).
 
 use super::layers::{
-    attention_heads, deserialize_unset_negative, Conv2d, Downsample, GroupNorm, ResBlockDual,
+    attention_heads, deserialize_unset_negative, ops, Conv2d, Downsample, GroupNorm, ResBlockDual,
     SpatialTransformer, TimeEmbed, Upsample,
 };
 use super::struct_encoder::StructFeatures;
@@ -245,7 +245,7 @@ impl UNet {
         }
         let emb = self.time_embed.forward(timesteps)?;
         let mut skips = Vec::with_capacity(self.input_blocks.len());
-        let mut h = x.clone();
+        let mut h = ops::from_nchw(x)?;
         for block in &self.input_blocks {
             h = block.forward(&h, &emb, context, struct_cond)?;
             skips.push(h.clone());
@@ -253,8 +253,8 @@ impl UNet {
         h = self.middle_block.forward(&h, &emb, context, struct_cond)?;
         for block in &self.output_blocks {
             let skip = skips.pop().expect("one skip per output block");
-            h = block.forward(&Tensor::cat(&[&h, &skip], 1)?, &emb, context, struct_cond)?;
+            h = block.forward(&ops::cat_channels(&[&h, &skip])?, &emb, context, struct_cond)?;
         }
-        self.out_conv.forward(&self.out_norm.forward_silu(&h)?)
+        ops::to_nchw(&self.out_conv.forward(&self.out_norm.forward_silu(&h)?)?)
     }
 }
