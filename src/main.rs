@@ -109,7 +109,7 @@ struct EvalArgs {
 
 fn main() -> ExitCode {
     spritedx::alloc::keep_freed_memory();
-    spritedx::threads::limit_candle_pool_spinning();
+    spritedx::threads::keep_candle_ops_on_the_calling_thread();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Degrade(args) => run_degrade(args),

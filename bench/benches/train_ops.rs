@@ -3,9 +3,9 @@
 //! `cargo bench -p spritedx-bench --bench train_ops`. Compare the ratios, not the times.
 //!
 //! When `bench/pytorch/.venv` exists (`bash bench/pytorch/setup.sh`), the same run also
-//! times `bench/pytorch/train_ops.py` on as many threads as ours (`RAYON_NUM_THREADS`, and
-//! `CANDLE_NUM_THREADS` for candle's own pool; set both) and prints the two side by side
-//! with the ratio ours / PyTorch.
+//! times `bench/pytorch/train_ops.py` on as many threads as ours (`RAYON_NUM_THREADS`;
+//! candle's own elementwise ops run on the calling thread, as in the binary, see
+//! `spritedx::threads`) and prints the two side by side with the ratio ours / PyTorch.
 
 use candle_core::{Device, Tensor, Var};
 use candle_nn::{VarBuilder, VarMap};
@@ -106,7 +106,7 @@ impl Net {
 
 fn main() -> candle_core::Result<()> {
     spritedx::alloc::keep_freed_memory();
-    spritedx::threads::limit_candle_pool_spinning();
+    spritedx::threads::keep_candle_ops_on_the_calling_thread();
     let quick = std::env::var_os("SPRITEDX_BENCH_QUICK").is_some();
     // 15: on this shared 2-core machine single runs vary by 30%; medians of 7 still moved
     // the full step's ratio between 1.39x and 1.85x from one run of the bench to the next.
