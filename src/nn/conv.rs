@@ -198,25 +198,30 @@ impl Conv3x3Op {
     }
 
     /// The gradients of the input, the weight and (when there is one) the bias, `bias_rows`
-    /// rows of it (1, or one per sample).
-    fn backward(&self, x: &Tensor, w: &Tensor, grad_res: &Tensor, bias_rows: Option<usize>) -> Result<(Tensor, Tensor, Option<Tensor>)> {
+    /// rows of it (1, or one per sample). An input or weight outside the graph (one that
+    /// tracks no op: the network's input, a frozen weight) gets no gradient, which saves
+    /// its matmul.
+    fn backward(&self, x: &Tensor, w: &Tensor, grad_res: &Tensor, bias_rows: Option<usize>) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (want_x, want_w) = (x.track_op(), w.track_op());
         // Detached: these products are gradients, not part of the graph being differentiated.
         let (x, w) = (x.detach(), w.detach());
         let (n, h, wd, c) = x.dims4()?;
         let c_out = w.dim(1)?;
         let dy = grad_res.contiguous()?;
         let dy_rows = dy.reshape(((), c_out))?;
-        let grad_w = im2col3x3(&x, self.stride)?.t()?.matmul(&dy_rows)?;
-        let grad_x = if self.stride == 1 {
+        let grad_w = if want_w { Some(im2col3x3(&x, self.stride)?.t()?.matmul(&dy_rows)?) } else { None };
+        let grad_x = if !want_x {
+            None
+        } else if self.stride == 1 {
             // grad_x[y, x, i] = sum over (ky, kx, o) of dy[y + 1 - ky, x + 1 - kx, o] W[ky, kx, i, o]:
             // a convolution of dy whose offset (2 - ky, 2 - kx) carries W[ky, kx]ᵀ. Reversing
             // the nine offsets flips both axes.
             let reversed = Tensor::new(&[8u32, 7, 6, 5, 4, 3, 2, 1, 0], w.device())?;
             let flipped = w.reshape((9, c, c_out))?.index_select(&reversed, 0)?.transpose(1, 2)?.contiguous()?.reshape((9 * c_out, c))?;
-            im2col3x3(&dy, 1)?.matmul(&flipped)?.reshape((n, h, wd, c))?
+            Some(im2col3x3(&dy, 1)?.matmul(&flipped)?.reshape((n, h, wd, c))?)
         } else {
             let g = Geometry { n, h, w: wd, c, stride: self.stride };
-            dy_rows.matmul(&w.t()?)?.apply_op1_no_bwd(&Col2Im3x3(g))?
+            Some(dy_rows.matmul(&w.t()?)?.apply_op1_no_bwd(&Col2Im3x3(g))?)
         };
         let grad_bias = bias_rows.map(|groups| super::bias::sum_rows(&dy_rows, groups)).transpose()?;
         Ok((grad_x, grad_w, grad_bias))
@@ -234,7 +239,7 @@ impl CustomOp2 for Conv3x3Op {
 
     fn bwd(&self, x: &Tensor, w: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let (grad_x, grad_w, _) = self.backward(x, w, grad_res, None)?;
-        Ok((Some(grad_x), Some(grad_w)))
+        Ok((grad_x, grad_w))
     }
 }
 
@@ -250,7 +255,7 @@ impl CustomOp3 for Conv3x3Op {
     fn bwd(&self, x: &Tensor, w: &Tensor, b: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let bias_rows = b.elem_count() / w.dim(1)?;
         let (grad_x, grad_w, grad_b) = self.backward(x, w, grad_res, Some(bias_rows))?;
-        Ok((Some(grad_x), Some(grad_w), grad_b.map(|g| g.reshape(b.shape())).transpose()?))
+        Ok((grad_x, grad_w, grad_b.map(|g| g.reshape(b.shape())).transpose()?))
     }
 }
 
