@@ -14,7 +14,7 @@
 //! instead of a convolution, two reshapes and an addition (each of which allocates, zeroes
 //! and adds a gradient the size of the activations).
 
-use candle_core::{backend::BackendStorage, CpuStorage, CustomOp1, DType, Layout, Result, Shape, Tensor, WithDType};
+use candle_core::{backend::BackendStorage, CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape, Tensor, WithDType};
 use rayon::prelude::*;
 
 /// Rows per parallel block.
@@ -91,6 +91,46 @@ pub(super) fn sum_rows(x: &Tensor, groups: usize) -> Result<Tensor> {
     x.contiguous()?.apply_op1_no_bwd(&ColumnSums { rows_per_group: rows / groups })
 }
 
+/// `x` `(R, C)` plus `bias` `(C,)` on every row: a linear map's bias, where candle's
+/// `broadcast_add` would sum the gradient over the rows on one thread.
+struct AddBias;
+
+impl CustomOp2 for AddBias {
+    fn name(&self) -> &'static str {
+        "add_bias"
+    }
+
+    fn cpu_fwd(&self, xs: &CpuStorage, xl: &Layout, bs: &CpuStorage, bl: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (r, c) = xl.shape().dims2()?;
+        if bl.shape().elem_count() != c {
+            candle_core::bail!("add_bias: {} bias entries for {c} columns", bl.shape().elem_count());
+        }
+        let out = match xs.dtype() {
+            DType::F32 => {
+                let mut rows = super::contiguous_slice::<f32>(xs, xl, self.name())?.to_vec();
+                add_to_rows(&mut rows, super::contiguous_slice(bs, bl, self.name())?, c, r.max(1));
+                CpuStorage::F32(rows)
+            }
+            DType::F64 => {
+                let mut rows = super::contiguous_slice::<f64>(xs, xl, self.name())?.to_vec();
+                add_to_rows(&mut rows, super::contiguous_slice(bs, bl, self.name())?, c, r.max(1));
+                CpuStorage::F64(rows)
+            }
+            other => candle_core::bail!("add_bias supports f32 and f64, not {other:?}"),
+        };
+        Ok((out, xl.shape().clone()))
+    }
+
+    fn bwd(&self, _x: &Tensor, bias: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        Ok((Some(grad.clone()), Some(sum_rows(grad, 1)?.reshape(bias.shape())?)))
+    }
+}
+
+/// `x` `(R, C)` plus `bias` `(C,)` on every row (differentiable); CPU, f32 or f64.
+pub fn add_bias(x: &Tensor, bias: &Tensor) -> Result<Tensor> {
+    x.contiguous()?.apply_op2(&bias.contiguous()?, AddBias)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -111,5 +151,23 @@ mod tests {
             assert!(max_abs_diff(&sums, &y.sum(1).unwrap()) < 1e-12, "sums {groups}x{rows_per_group}x{c}");
         }
         assert!(sum_rows(&randn((5, 2), 3), 2).is_err(), "5 rows in 2 groups");
+    }
+
+    #[test]
+    fn add_bias_matches_broadcast_add_under_autograd() {
+        // Forward and both gradients of <x + bias, r>; f64, tolerance 1e-12.
+        use candle_core::Var;
+        for &(r, c) in &[(1, 3), (700, 5)] {
+            let (x, b) = (Var::from_tensor(&randn((r, c), 4)).unwrap(), Var::from_tensor(&randn(c, 5)).unwrap());
+            let ours = add_bias(x.as_tensor(), b.as_tensor()).unwrap();
+            let reference = x.as_tensor().broadcast_add(b.as_tensor()).unwrap();
+            assert!(max_abs_diff(&ours, &reference) < 1e-12, "forward {r}x{c}");
+            let weights = randn((r, c), 6);
+            let g_ours = ours.mul(&weights).unwrap().sum_all().unwrap().backward().unwrap();
+            let g_ref = reference.mul(&weights).unwrap().sum_all().unwrap().backward().unwrap();
+            for v in [&x, &b] {
+                assert!(max_abs_diff(g_ours.get(v).unwrap(), g_ref.get(v).unwrap()) < 1e-12, "gradient {r}x{c}");
+            }
+        }
     }
 }

@@ -7,7 +7,7 @@
 //! backward made of other ops, and is tested against candle's reference ops and against
 //! finite differences.
 //!
-//! - [`bias`]: a convolution's bias, added in place, and its gradient (column sums).
+//! - [`bias`]: a convolution's or linear map's bias, added in place, and its gradient (column sums).
 //! - [`conv`]: 3x3 convolution, zero padding 1, NHWC, with its own backward: [`conv::Conv3x3`].
 //! - [`norm`]: GroupNorm followed by SiLU, fused: [`norm::group_norm_silu`].
 //! - [`upsample`]: nearest 2x upsampling (NCHW or NHWC) with a sum-pool backward: [`upsample::upsample_nearest_2x`].

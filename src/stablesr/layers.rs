@@ -104,8 +104,10 @@ pub mod ops {
         if (kh, kw, stride, padding) == (1, 1, 1, 0) {
             let (b, h, wd, _) = x.dims4()?;
             let y = x.reshape((b * h * wd, c_in))?.matmul(&weight.reshape((c_out, c_in))?.t()?)?;
-            let bias_rows = bias.elem_count() / c_out;
-            return y.reshape((b, h * wd, c_out))?.broadcast_add(&bias.reshape((bias_rows, 1, c_out))?)?.reshape((b, h, wd, c_out));
+            if bias.elem_count() == c_out {
+                return crate::nn::bias::add_bias(&y, bias)?.reshape((b, h, wd, c_out));
+            }
+            return y.reshape((b, h * wd, c_out))?.broadcast_add(&bias.reshape((b, 1, c_out))?)?.reshape((b, h, wd, c_out));
         }
         from_nchw(&conv2d_nchw(&to_nchw(x)?, weight, bias, stride, padding)?)
     }
@@ -203,6 +205,8 @@ pub mod ops {
         let (out_features, _) = weight.dims2()?;
         let y = x.reshape((rows, features))?.matmul(&weight.t()?)?;
         let y = match bias {
+            // Its gradient's column sums in parallel ([`crate::nn::bias`]).
+            Some(bias) if crate::nn::rowwise::fused(&y) => crate::nn::bias::add_bias(&y, bias)?,
             Some(bias) => y.broadcast_add(bias)?,
             None => y,
         };
