@@ -122,12 +122,12 @@ pub mod ops {
     /// Group normalisation of the map `x` over `num_groups` groups of channels, computed
     /// in f32 (as StableSR's GroupNorm32), then a per-channel affine map.
     pub fn group_norm(x: &Tensor, num_groups: usize, eps: f64, weight: &Tensor, bias: &Tensor) -> Result<Tensor> {
-        let (batch, channels, height, width) = x.dims4()?;
         if channels_last(x) {
             // The fused op ([`crate::nn::norm`]): composed, the normalisation is a dozen
             // small ops forward and more backward.
             return crate::nn::norm::group_norm(x, weight, bias, num_groups, eps);
         }
+        let (batch, channels, height, width) = x.dims4()?;
         if num_groups == 0 || channels % num_groups != 0 {
             candle_core::bail!("group norm: {channels} channels do not split into {num_groups} groups");
         }
