@@ -14,7 +14,7 @@
 //! instead of a convolution, two reshapes and an addition (each of which allocates, zeroes
 //! and adds a gradient the size of the activations).
 
-use candle_core::{backend::BackendStorage, CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape, Tensor, WithDType};
+use candle_core::{backend::BackendStorage, CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor, WithDType};
 use rayon::prelude::*;
 
 /// Rows per parallel block.
@@ -72,11 +72,7 @@ impl CustomOp1 for ColumnSums {
         if self.rows_per_group == 0 || r % self.rows_per_group != 0 {
             candle_core::bail!("column_sums: {r} rows do not split into groups of {}", self.rows_per_group);
         }
-        let out = match storage.dtype() {
-            DType::F32 => CpuStorage::F32(column_sums(super::contiguous_slice::<f32>(storage, layout, self.name())?, c, self.rows_per_group)),
-            DType::F64 => CpuStorage::F64(column_sums(super::contiguous_slice::<f64>(storage, layout, self.name())?, c, self.rows_per_group)),
-            other => candle_core::bail!("column_sums supports f32 and f64, not {other:?}"),
-        };
+        let out = with_float_slices!(self.name(), storage, [(storage, layout)], |x| column_sums(x, c, self.rows_per_group));
         Ok((out, Shape::from((r / self.rows_per_group, c))))
     }
 }
@@ -105,19 +101,11 @@ impl CustomOp2 for AddBias {
         if bl.shape().elem_count() != c {
             candle_core::bail!("add_bias: {} bias entries for {c} columns", bl.shape().elem_count());
         }
-        let out = match xs.dtype() {
-            DType::F32 => {
-                let mut rows = super::contiguous_slice::<f32>(xs, xl, self.name())?.to_vec();
-                add_to_rows(&mut rows, super::contiguous_slice(bs, bl, self.name())?, c, r.max(1));
-                CpuStorage::F32(rows)
-            }
-            DType::F64 => {
-                let mut rows = super::contiguous_slice::<f64>(xs, xl, self.name())?.to_vec();
-                add_to_rows(&mut rows, super::contiguous_slice(bs, bl, self.name())?, c, r.max(1));
-                CpuStorage::F64(rows)
-            }
-            other => candle_core::bail!("add_bias supports f32 and f64, not {other:?}"),
-        };
+        let out = with_float_slices!(self.name(), xs, [(xs, xl), (bs, bl)], |x, bias| {
+            let mut rows = x.to_vec();
+            add_to_rows(&mut rows, bias, c, r.max(1));
+            rows
+        });
         Ok((out, xl.shape().clone()))
     }
 

@@ -14,6 +14,12 @@
 //! - [`rowwise`]: the transformer's ops over the last dimension, fused: LayerNorm, softmax, GEGLU.
 //! - [`shapes`]: recording the keys and shapes a module asks for, without allocating.
 
+/// Whether the ops here run `x`: on the CPU, in f32 or f64. Elsewhere callers fall back to
+/// candle's own ops.
+pub fn runs_on(x: &candle_core::Tensor) -> bool {
+    x.device().is_cpu() && matches!(x.dtype(), candle_core::DType::F32 | candle_core::DType::F64)
+}
+
 /// A zero-filled buffer, allocated uninitialised and then filled in parallel. `vec![0; n]`
 /// asks the allocator for zeroed memory, which for large buffers means fresh pages from the
 /// kernel every time (page faults dominated training steps); this way freed buffers are
@@ -28,7 +34,7 @@ fn zeroed<T: candle_core::WithDType>(len: usize) -> Vec<T> {
 }
 
 /// The elements of a contiguous CPU tensor; `op` names the caller in the error.
-fn contiguous_slice<'a, T: candle_core::WithDType>(
+pub(crate) fn contiguous_slice<'a, T: candle_core::WithDType>(
     storage: &'a candle_core::CpuStorage,
     layout: &candle_core::Layout,
     op: &str,
@@ -37,6 +43,24 @@ fn contiguous_slice<'a, T: candle_core::WithDType>(
         Some((start, end)) => Ok(&storage.as_slice::<T>()?[start..end]),
         None => candle_core::bail!("{op} needs contiguous inputs"),
     }
+}
+
+/// The f32 or f64 storage that `body` makes from the contiguous slices of CPU storages,
+/// all of the first one's dtype; `op` names the caller in errors.
+macro_rules! with_float_slices {
+    ($op:expr, $first:expr, [$(($storage:expr, $layout:expr)),+], |$($slice:ident),+| $body:expr) => {
+        match $first.dtype() {
+            candle_core::DType::F32 => {
+                $(let $slice = $crate::nn::contiguous_slice::<f32>($storage, $layout, $op)?;)+
+                candle_core::CpuStorage::F32($body)
+            }
+            candle_core::DType::F64 => {
+                $(let $slice = $crate::nn::contiguous_slice::<f64>($storage, $layout, $op)?;)+
+                candle_core::CpuStorage::F64($body)
+            }
+            other => candle_core::bail!("{} supports f32 and f64, not {other:?}", $op),
+        }
+    };
 }
 
 pub mod bias;

@@ -12,7 +12,7 @@
 //! (mean, variance, softmax normaliser) are accumulated in f64. LayerNorm's weight and
 //! bias gradients are column sums over all rows, summed per block of rows and then added.
 
-use candle_core::{backend::BackendStorage, CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor, WithDType};
+use candle_core::{backend::BackendStorage, CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor, WithDType};
 use rayon::prelude::*;
 
 /// Work per parallel task: rows are grouped so that a task handles about this many values.
@@ -22,34 +22,12 @@ fn rows_per_task(row_len: usize) -> usize {
     (VALUES_PER_TASK / row_len.max(1)).max(1)
 }
 
-/// Runs `f` on the f32 or f64 slices of CPU storages; `op` names the caller in errors.
-macro_rules! with_float_slices {
-    ($op:expr, $first:expr, [$(($storage:expr, $layout:expr)),+], |$($slice:ident),+| $body:expr) => {
-        match $first.dtype() {
-            DType::F32 => {
-                $(let $slice = super::contiguous_slice::<f32>($storage, $layout, $op)?;)+
-                CpuStorage::F32($body)
-            }
-            DType::F64 => {
-                $(let $slice = super::contiguous_slice::<f64>($storage, $layout, $op)?;)+
-                CpuStorage::F64($body)
-            }
-            other => candle_core::bail!("{} supports f32 and f64, not {other:?}", $op),
-        }
-    };
-}
-
 /// The length of the last dimension of a layout.
 fn row_len(layout: &Layout) -> Result<usize> {
     match layout.shape().dims().last() {
         Some(&len) if len > 0 => Ok(len),
         _ => candle_core::bail!("a row-wise op needs a non-empty last dimension, got shape {:?}", layout.shape()),
     }
-}
-
-/// Whether the fused ops run `x`: on the CPU, in f32 or f64.
-pub fn fused(x: &Tensor) -> bool {
-    x.device().is_cpu() && matches!(x.dtype(), DType::F32 | DType::F64)
 }
 
 // ---------------------------------------------------------------- softmax
@@ -122,7 +100,7 @@ impl CustomOp2 for SoftmaxBackward {
     }
 }
 
-/// Softmax over the last dimension (differentiable); CPU, f32 or f64 ([`fused`]).
+/// Softmax over the last dimension (differentiable); CPU, f32 or f64 ([`super::runs_on`]).
 pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
     x.contiguous()?.apply_op1(Softmax)
 }
@@ -209,7 +187,7 @@ impl CustomOp2 for GegluBackward {
 }
 
 /// GEGLU over the last dimension of `x` (.., 2F), `[value | gate]`: `value * gelu(gate)`
-/// with the exact (erf) GELU, (.., F) (differentiable); CPU, f32 or f64 ([`fused`]).
+/// with the exact (erf) GELU, (.., F) (differentiable); CPU, f32 or f64 ([`super::runs_on`]).
 pub fn geglu_last_dim(x: &Tensor) -> Result<Tensor> {
     x.contiguous()?.apply_op1(Geglu)
 }
@@ -328,7 +306,7 @@ impl CustomOp3 for LayerNormBackward {
 }
 
 /// Layer normalisation over the last dimension with the affine map `weight`, `bias` (F)
-/// (differentiable in all three); CPU, f32 or f64 ([`fused`]).
+/// (differentiable in all three); CPU, f32 or f64 ([`super::runs_on`]).
 pub fn layer_norm_last_dim(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Result<Tensor> {
     x.contiguous()?.apply_op3(&weight.contiguous()?, &bias.contiguous()?, LayerNorm { eps })
 }
@@ -337,7 +315,7 @@ pub fn layer_norm_last_dim(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64)
 mod tests {
     use super::*;
     use crate::nn::testing::{check_input_gradient, max_abs_diff, randn};
-    use candle_core::{Var, D};
+    use candle_core::{DType, Var, D};
 
     fn reference_softmax(x: &Tensor) -> Tensor {
         let e = x.broadcast_sub(&x.max_keepdim(D::Minus1).unwrap()).unwrap().exp().unwrap();

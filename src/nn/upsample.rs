@@ -6,7 +6,7 @@
 //! parallel loop over the planes (a sample's channel in NCHW, a sample in NHWC), and the
 //! gradient accumulates as usual.
 
-use candle_core::{backend::BackendStorage, CpuStorage, CustomOp1, DType, Layout, Result, Shape, Tensor, WithDType};
+use candle_core::{backend::BackendStorage, CpuStorage, CustomOp1, Layout, Result, Shape, Tensor, WithDType};
 use rayon::prelude::*;
 
 /// Where the channels are: NCHW's planes are `(H, W)` of single values, NHWC's are
@@ -89,11 +89,7 @@ impl CustomOp1 for Upsample2x {
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
         let dims = layout.shape().dims4()?;
         let p = self.0.planes(dims);
-        let out = match storage.dtype() {
-            DType::F32 => CpuStorage::F32(upsample(super::contiguous_slice::<f32>(storage, layout, self.name())?, p)),
-            DType::F64 => CpuStorage::F64(upsample(super::contiguous_slice::<f64>(storage, layout, self.name())?, p)),
-            other => candle_core::bail!("upsample_nearest_2x supports f32 and f64, not {other:?}"),
-        };
+        let out = with_float_slices!(self.name(), storage, [(storage, layout)], |x| upsample(x, p));
         Ok((out, self.0.scaled(dims, (2, 1))))
     }
 
@@ -114,11 +110,7 @@ impl CustomOp1 for SumPool2x {
             candle_core::bail!("sum_pool_2x: {}x{} is not a 2x upsampled size", doubled.h, doubled.w);
         }
         let p = Planes { h: doubled.h / 2, w: doubled.w / 2, ..doubled };
-        let out = match storage.dtype() {
-            DType::F32 => CpuStorage::F32(sum_pool(super::contiguous_slice::<f32>(storage, layout, self.name())?, p)),
-            DType::F64 => CpuStorage::F64(sum_pool(super::contiguous_slice::<f64>(storage, layout, self.name())?, p)),
-            other => candle_core::bail!("sum_pool_2x supports f32 and f64, not {other:?}"),
-        };
+        let out = with_float_slices!(self.name(), storage, [(storage, layout)], |g| sum_pool(g, p));
         Ok((out, self.0.scaled(dims, (1, 2))))
     }
 }
@@ -127,7 +119,7 @@ impl CustomOp1 for SumPool2x {
 /// or f64 the op above; elsewhere candle's `upsample_nearest2d`.
 pub fn upsample_nearest_2x(x: &Tensor) -> Result<Tensor> {
     let (_, _, h, w) = x.dims4()?;
-    if x.device().is_cpu() && matches!(x.dtype(), DType::F32 | DType::F64) {
+    if super::runs_on(x) {
         return x.contiguous()?.apply_op1(Upsample2x(Channels::First));
     }
     x.upsample_nearest2d(2 * h, 2 * w)

@@ -158,7 +158,7 @@ pub mod ops {
 
     /// Layer normalisation over the last dimension, then a per-feature affine map.
     pub fn layer_norm(x: &Tensor, eps: f64, weight: &Tensor, bias: &Tensor) -> Result<Tensor> {
-        if crate::nn::rowwise::fused(x) {
+        if crate::nn::runs_on(x) {
             return crate::nn::rowwise::layer_norm_last_dim(x, weight, bias, eps);
         }
         let x_dtype = x.dtype();
@@ -187,7 +187,7 @@ pub mod ops {
     /// GEGLU over the last dimension of `x` (.., 2F), `[value | gate]`: `value *
     /// gelu(gate)` with the exact (erf-based) GELU, torch's `F.gelu` default.
     pub fn geglu(x: &Tensor) -> Result<Tensor> {
-        if crate::nn::rowwise::fused(x) {
+        if crate::nn::runs_on(x) {
             return crate::nn::rowwise::geglu_last_dim(x);
         }
         let half = x.dim(D::Minus1)? / 2;
@@ -206,7 +206,7 @@ pub mod ops {
         let y = x.reshape((rows, features))?.matmul(&weight.t()?)?;
         let y = match bias {
             // Its gradient's column sums in parallel ([`crate::nn::bias`]).
-            Some(bias) if crate::nn::rowwise::fused(&y) => crate::nn::bias::add_bias(&y, bias)?,
+            Some(bias) if crate::nn::runs_on(&y) => crate::nn::bias::add_bias(&y, bias)?,
             Some(bias) => y.broadcast_add(bias)?,
             None => y,
         };
@@ -228,7 +228,7 @@ pub mod ops {
 
     /// Softmax over the last dimension.
     fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
-        if crate::nn::rowwise::fused(x) {
+        if crate::nn::runs_on(x) {
             return crate::nn::rowwise::softmax_last_dim(x);
         }
         let shifted = x.broadcast_sub(&x.max_keepdim(D::Minus1)?)?;

@@ -140,10 +140,8 @@ fn with_cpu_f32<const N: usize, R>(tensors: &[&Tensor; N], f: impl FnOnce([&[f32
     let guards: Vec<_> = tensors.iter().map(|t| t.storage_and_layout()).collect();
     let mut slices: [&[f32]; N] = [&[]; N];
     for (slot, (storage, layout)) in slices.iter_mut().zip(&guards) {
-        let (candle_core::Storage::Cpu(cpu), Some((start, end))) = (&**storage, layout.contiguous_offsets()) else {
-            return None;
-        };
-        *slot = &cpu.as_slice::<f32>().ok()?[start..end];
+        let candle_core::Storage::Cpu(cpu) = &**storage else { return None };
+        *slot = crate::nn::contiguous_slice::<f32>(cpu, layout, "AdamW").ok()?;
     }
     Some(f(slices))
 }
