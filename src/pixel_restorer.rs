@@ -16,13 +16,13 @@
 //!   beside the noisy state: sampling then only has to correct what the one-pass model
 //!   got wrong.
 
-use crate::decoder::{decode, reduce_cells, DecodeOptions, Decoded};
+use crate::decoder::{decode, reduce_cells, CellColours, DecodeOptions, Decoded};
 use crate::grid::{analyse, Grid, GridOptions};
 use crate::rectify::{image_to_tensor, pixel_unshuffle, rectify};
 use crate::stablesr::layers::{ops, Conv2d, GroupNorm};
 use crate::stablesr::struct_encoder::{StructEncoder, StructEncoderConfig};
 use crate::stablesr::unet::{UNet, UNetConfig};
-use crate::train::losses::{sprite_losses, LossWeights};
+use crate::train::losses::{sprite_losses, BatchLoss, LossWeights};
 use anyhow::{bail, Context};
 use candle_core::{DType, Device, Result, Tensor, D};
 use candle_nn::VarBuilder;
@@ -107,6 +107,14 @@ pub struct PixelRestorerConfig {
     /// and a network error in the state costs only 1/scale of it in the sprite.
     #[serde(default = "default_residual_scale", skip_serializing_if = "is_default_residual_scale")]
     pub residual_scale: f64,
+    /// The encoder input carries 4 more channels: each cell's colour and alpha as the snap
+    /// decoder fits them (deconvolved under the kernel and blur that best explain an
+    /// interpolated upscale, the cells' robust colours otherwise), and the fast model
+    /// predicts its residual over those instead of over the cells' mean colour. The
+    /// decoder's fit sees the whole image, so it knows the blur better than the encoder's
+    /// neighbourhood can; the network corrects what the fit gets wrong.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub fitted_cells: bool,
 }
 
 fn default_head_channels() -> usize {
@@ -169,7 +177,22 @@ impl PixelRestorerConfig {
             trust_flat_cells_below: 0.0,
             base: None,
             residual_scale: default_residual_scale(),
+            fitted_cells: false,
         }
+    }
+
+    /// This config with the fitted cells as 4 more input channels (see
+    /// [`PixelRestorerConfig::fitted_cells`]).
+    pub fn with_fitted_cells(mut self) -> Self {
+        self.fitted_cells = true;
+        self.encoder.in_channels = self.input_channels();
+        self
+    }
+
+    /// Channels of the encoder input: the `4 f²` of the rectified cells, plus 4 with the
+    /// fitted cells.
+    pub fn input_channels(&self) -> usize {
+        input_channels(self.factor, self.fitted_cells)
     }
 
     /// This diffusion config turned into a residual one over the fast model `base`: the
@@ -189,6 +212,7 @@ impl PixelRestorerConfig {
         let unet = self.unet.as_mut().context("a diffusion config needs `unet`")?;
         unet.in_channels = 2 * unet.out_channels;
         self.encoder = base.encoder.clone();
+        self.fitted_cells = base.fitted_cells;
         self.trust_flat_cells_below = base.trust_flat_cells_below;
         self.base = Some(Box::new(base));
         Ok(self)
@@ -228,12 +252,37 @@ impl PixelRestorerConfig {
     }
 }
 
-/// The mean over each cell's `f²` sub-pixels of the encoder input: the cells' plain mean
-/// colour, (B, 4, H, W). The fast model's base and the diffusion model's img2img start.
-pub fn cell_means(input: &Tensor, factor: u32) -> Result<Tensor> {
-    let (b, c, h, w) = input.dims4()?;
+/// The colours a model's prediction starts from, (B, 4, H, W), read from the encoder
+/// input: the fitted cells when the input carries them, else the mean over each cell's
+/// `f²` rectified sub-pixels. The fast model's residual is over these, and the diffusion
+/// model's img2img starts from them.
+pub fn anchor_colours(input: &Tensor, factor: u32, fitted_cells: bool) -> Result<Tensor> {
+    let (b, _, h, w) = input.dims4()?;
     let ff = (factor * factor) as usize;
-    input.reshape((b, c / ff, ff, h, w))?.mean(2)
+    match fitted_cells {
+        true => input.narrow(1, 4 * ff, 4),
+        false => input.narrow(1, 0, 4 * ff)?.reshape((b, 4, ff, h, w))?.mean(2),
+    }
+}
+
+/// Channels of the encoder input at `factor`: the pixel-unshuffled rectified cells, then
+/// with `fitted_cells` the 4 of the fitted cells.
+pub fn input_channels(factor: u32, fitted_cells: bool) -> usize {
+    4 * (factor * factor) as usize + if fitted_cells { 4 } else { 0 }
+}
+
+/// The encoder must take what the codec makes.
+fn check_input_channels(cfg: &PixelRestorerConfig) -> Result<()> {
+    if cfg.encoder.in_channels != cfg.input_channels() {
+        candle_core::bail!(
+            "encoder.in_channels is {}, but factor {}{} makes {} input channels",
+            cfg.encoder.in_channels,
+            cfg.factor,
+            if cfg.fitted_cells { " with fitted cells" } else { "" },
+            cfg.input_channels()
+        );
+    }
+    Ok(())
 }
 
 /// The one-pass restorer: structure encoder + head.
@@ -243,11 +292,13 @@ pub struct FastRestorer {
     hidden: Conv2d,
     out: Conv2d,
     factor: u32,
+    fitted_cells: bool,
 }
 
 impl FastRestorer {
     /// Weights under `encoder.*` and `head.*`.
     pub fn new(vb: VarBuilder, cfg: &PixelRestorerConfig) -> Result<Self> {
+        check_input_channels(cfg)?;
         let encoder = StructEncoder::new(vb.pp("encoder"), &cfg.encoder)?;
         let c = cfg.encoder.out_channels;
         let head = vb.pp("head");
@@ -257,10 +308,12 @@ impl FastRestorer {
             hidden: Conv2d::same3x3(head.pp("hidden"), c, cfg.head_channels)?,
             out: Conv2d::same3x3(head.pp("out"), cfg.head_channels, 4)?,
             factor: cfg.factor,
+            fitted_cells: cfg.fitted_cells,
         })
     }
 
-    /// The clean sprite (B, 4, H, W) from the encoder input (B, 4 f², H, W).
+    /// The clean sprite (B, 4, H, W) from the encoder input (B, C, H, W), C as
+    /// [`PixelRestorerConfig::input_channels`].
     pub fn forward(&self, input: &Tensor) -> Result<Tensor> {
         let (b, _, _, w) = input.dims4()?;
         let t = Tensor::zeros(b, DType::F32, input.device())?;
@@ -268,11 +321,13 @@ impl FastRestorer {
         let finest = features.map(w)?;
         let h = self.hidden.forward(&self.norm.forward_silu(finest)?)?;
         let residual = self.out.forward(&ops::silu(&h)?)?;
-        cell_means(input, self.factor)? + ops::to_nchw(&residual)?
+        anchor_colours(input, self.factor, self.fitted_cells)? + ops::to_nchw(&residual)?
     }
 
-    pub fn loss(&self, input: &Tensor, target: &Tensor, w: &LossWeights) -> Result<(Tensor, Vec<(&'static str, f32)>)> {
-        sprite_losses(&self.forward(input)?, target, w)
+    pub fn loss(&self, input: &Tensor, target: &Tensor, w: &LossWeights) -> Result<BatchLoss> {
+        let predicted = self.forward(input)?;
+        let (total, parts) = sprite_losses(&predicted, target, w)?;
+        Ok(BatchLoss { total, parts, predicted })
     }
 }
 
@@ -290,6 +345,7 @@ pub struct DiffusionRestorer {
 impl DiffusionRestorer {
     /// Weights under `encoder.*`, `unet.*` and, with a base, `base.*`.
     pub fn new(vb: VarBuilder, cfg: &PixelRestorerConfig) -> anyhow::Result<Self> {
+        check_input_channels(cfg)?;
         let unet_cfg = cfg.unet.as_ref().context("a diffusion restorer's config needs `unet`")?;
         let base = match &cfg.base {
             Some(base_cfg) => {
@@ -322,16 +378,22 @@ impl DiffusionRestorer {
         let t = timesteps.to_dtype(DType::F32)?;
         let features = self.encoder.forward(input, &t)?;
         match base {
-            Some(base) => self.unet.forward(&Tensor::cat(&[x_t, base], 1)?, &t, None, &features),
-            None => self.unet.forward(x_t, &t, None, &features),
+            Some(base) => self.unet.forward(&Tensor::cat(&[x_t, base], 1)?, &t, None, Some(&features)),
+            None => self.unet.forward(x_t, &t, None, Some(&features)),
         }
     }
 
     /// The training loss at timesteps and noise drawn from `seed`: the diffusion loss on
-    /// the network output, plus the sprite losses on the predicted clean sprite.
-    pub fn loss(&self, input: &Tensor, target: &Tensor, seed: u64, w: &LossWeights) -> Result<(Tensor, Vec<(&'static str, f32)>)> {
+    /// the network output, plus the sprite losses on the predicted clean sprite. Without
+    /// an encoder `input`, the loss of the unconditional prior: the UNet alone, no SPADE,
+    /// denoising clean sprites (a model without a base only).
+    pub fn loss(&self, input: Option<&Tensor>, target: &Tensor, seed: u64, w: &LossWeights) -> Result<BatchLoss> {
         use rand::Rng;
-        let base = self.base_prediction(input)?;
+        let base = match input {
+            Some(input) => self.base_prediction(input)?,
+            None if self.base.is_some() => candle_core::bail!("a residual diffusion model has no unconditional prior: its state depends on the input"),
+            None => None,
+        };
         let clean = target;
         let target = &match &base {
             Some(base) => ((clean - base)? * self.cfg.residual_scale)?,
@@ -348,7 +410,10 @@ impl DiffusionRestorer {
         let sigma = per_sample(ac.iter().map(|a| (1.0 - a).sqrt() as f32).collect())?;
         let x_t = (target.broadcast_mul(&alpha)? + noise.broadcast_mul(&sigma)?)?;
         let t = Tensor::from_vec(steps.iter().map(|&s| s as f32).collect::<Vec<_>>(), b, target.device())?;
-        let out = self.predict(&x_t, &t, input, base.as_ref())?;
+        let out = match input {
+            Some(input) => self.predict(&x_t, &t, input, base.as_ref())?,
+            None => self.unet.forward(&x_t, &t, None, None)?,
+        };
         let (wanted, x0) = match self.prediction {
             Prediction::Eps => (noise.clone(), ((&x_t - out.broadcast_mul(&sigma)?)?.broadcast_div(&alpha))?),
             Prediction::V => (
@@ -361,9 +426,10 @@ impl DiffusionRestorer {
             Some(base) => ((x0 / self.cfg.residual_scale)? + base)?,
             None => x0,
         };
-        let (sprite, mut parts) = sprite_losses(&predicted.clamp(-1.5, 1.5)?, clean, w)?;
+        let predicted = predicted.clamp(-1.5, 1.5)?;
+        let (sprite, mut parts) = sprite_losses(&predicted, clean, w)?;
         parts.insert(0, ("diffusion", diffusion.to_scalar::<f32>()?));
-        Ok((((diffusion * w.diffusion)? + sprite)?, parts))
+        Ok(BatchLoss { total: ((diffusion * w.diffusion)? + sprite)?, parts, predicted })
     }
 
     /// Changes how [`DiffusionRestorer::sample`] samples (steps, start, method).
@@ -397,7 +463,7 @@ impl DiffusionRestorer {
         // or for a residual model a zero residual (the base prediction itself).
         let guess = match &base {
             Some(base) => base.zeros_like()?,
-            None => cell_means(input, self.cfg.factor)?,
+            None => anchor_colours(input, self.cfg.factor, self.cfg.fitted_cells)?,
         };
         let start = if sampling.strength >= 1.0 {
             Start::Noise { shape: &shape, dtype: DType::F32, device: input.device() }
@@ -440,10 +506,10 @@ impl PixelRestorer {
     }
 
     /// The training loss of a batch.
-    pub fn loss(&self, input: &Tensor, target: &Tensor, seed: u64, w: &LossWeights) -> Result<(Tensor, Vec<(&'static str, f32)>)> {
+    pub fn loss(&self, input: &Tensor, target: &Tensor, seed: u64, w: &LossWeights) -> Result<BatchLoss> {
         match self {
             Self::Fast(m) => m.loss(input, target, w),
-            Self::Diffusion(m) => m.loss(input, target, seed, w),
+            Self::Diffusion(m) => m.loss(Some(input), target, seed, w),
         }
     }
 
@@ -456,34 +522,70 @@ impl PixelRestorer {
     }
 }
 
-/// The encoder input for an image: grid analysis, rectification to `factor` pixels per
-/// cell, padding (by repeating the last row and column of cells) to a multiple of
-/// `multiple` cells, and pixel-unshuffle. Returns the grid and the (1, 4 f², H', W') input.
-pub fn encoder_input(image: &RgbaImage, grid_opts: &GridOptions, factor: u32, multiple: usize, device: &Device) -> anyhow::Result<(Grid, Tensor)> {
+/// The cells as the snap decoder fits them (see [`PixelRestorerConfig::fitted_cells`]):
+/// `robust`, the cells' robust colours, refitted under the kernel and blur that best
+/// explain the image when it was upscaled by an interpolating kernel.
+pub fn fit_cells(image: &RgbaImage, grid: &Grid, robust: &CellColours) -> CellColours {
+    let mut cells = robust.clone();
+    crate::decoder::deconvolve::refine(image, grid, &mut cells);
+    cells
+}
+
+/// Cells as an image, one pixel per cell.
+pub fn cells_image(cells: &CellColours) -> RgbaImage {
+    RgbaImage::from_fn(cells.cols, cells.rows, |x, y| {
+        let i = (y * cells.cols + x) as usize;
+        let [r, g, b] = crate::decoder::cell_srgb(cells, i);
+        image::Rgba([r, g, b, cells.alpha[i].round().clamp(0.0, 255.0) as u8])
+    })
+}
+
+/// What the codec reads from an image for a model.
+pub struct EncodedImage {
+    pub grid: Grid,
+    /// The cells' robust colours: their spreads tell how noisy each cell is.
+    pub cells: CellColours,
+    /// The fitted cells, for a model that reads them.
+    pub fitted: Option<CellColours>,
+    /// The encoder input (1, C, H', W').
+    pub input: Tensor,
+}
+
+/// The codec's encoding of an image: grid analysis, the cells' robust (and for a model
+/// that reads them, fitted) colours, rectification to `factor` pixels per cell, padding
+/// (by repeating the last row and column of cells) to a multiple of the model's
+/// [`PixelRestorerConfig::size_multiple`] cells, pixel-unshuffle and, with fitted cells,
+/// those as 4 more channels.
+pub fn encode_image(image: &RgbaImage, grid_opts: &GridOptions, cfg: &PixelRestorerConfig, device: &Device) -> anyhow::Result<EncodedImage> {
     let grid = analyse(image, grid_opts)?;
+    let cells = reduce_cells(image, &grid);
+    let fitted = cfg.fitted_cells.then(|| fit_cells(image, &grid, &cells));
+    let factor = cfg.factor;
+    let multiple = cfg.size_multiple() as u32;
+    let (pad_cols, pad_rows) = (grid.cols().div_ceil(multiple) * multiple, grid.rows().div_ceil(multiple) * multiple);
+    let padded = |img: &RgbaImage, scale: u32| RgbaImage::from_fn(pad_cols * scale, pad_rows * scale, |x, y| *img.get_pixel(x.min(img.width() - 1), y.min(img.height() - 1)));
     let rectified = rectify(image, &grid, factor);
-    let (cols, rows) = (grid.cols() as usize, grid.rows() as usize);
-    let pad = |n: usize| n.div_ceil(multiple) * multiple;
-    let (pw, ph) = (pad(cols) as u32 * factor, pad(rows) as u32 * factor);
-    let padded = RgbaImage::from_fn(pw, ph, |x, y| *rectified.get_pixel(x.min(rectified.width() - 1), y.min(rectified.height() - 1)));
-    let input = pixel_unshuffle(&image_to_tensor(&padded, device)?, factor as usize)?;
-    Ok((grid, input))
+    let mut input = pixel_unshuffle(&image_to_tensor(&padded(&rectified, factor), device)?, factor as usize)?;
+    if let Some(fitted) = &fitted {
+        input = Tensor::cat(&[&input, &image_to_tensor(&padded(&cells_image(fitted), 1), device)?], 1)?;
+    }
+    Ok(EncodedImage { grid, cells, fitted, input })
 }
 
 /// The decoder's palette and alpha stage on a predicted sprite: the prediction (1, 4, H', W')
 /// cropped to the grid's cells becomes the cells' colour and alpha; the cells' spread
-/// (how noisy the input was) comes from the input, so near-duplicate colours merge as
-/// they do for the snap restorer.
+/// (how noisy the input was) comes from their `robust` colours, so near-duplicate colours
+/// merge as they do for the snap restorer.
 /// Cells whose input spread is below `trust_flat_below` keep the decoder's own colour and
-/// alpha (see [`PixelRestorerConfig::trust_flat_cells_below`]; 0 uses the prediction
-/// everywhere).
-pub fn decode_prediction(pred: &Tensor, image: &RgbaImage, grid: &Grid, opts: &DecodeOptions, trust_flat_below: f32) -> anyhow::Result<Decoded> {
-    let (cols, rows) = (grid.cols() as usize, grid.rows() as usize);
-    let cropped = pred.narrow(D::Minus2, 0, rows)?.narrow(D::Minus1, 0, cols)?;
+/// alpha, the `fitted` one where given (see
+/// [`PixelRestorerConfig::trust_flat_cells_below`]; 0 uses the prediction everywhere).
+pub fn decode_prediction(pred: &Tensor, robust: &CellColours, fitted: Option<&CellColours>, opts: &DecodeOptions, trust_flat_below: f32) -> anyhow::Result<Decoded> {
+    let cropped = pred.narrow(D::Minus2, 0, robust.rows as usize)?.narrow(D::Minus1, 0, robust.cols as usize)?;
     let predicted = crate::rectify::tensor_to_image(&cropped)?;
-    let mut cells = reduce_cells(image, grid);
+    let mut cells = fitted.unwrap_or(robust).clone();
+    cells.spread.clone_from(&robust.spread);
     for (i, p) in predicted.pixels().enumerate() {
-        if cells.spread[i] < trust_flat_below {
+        if robust.spread[i] < trust_flat_below {
             continue;
         }
         cells.colour[i] = crate::colour::srgb8_to_oklab([p[0], p[1], p[2]]);
@@ -569,8 +671,37 @@ pub fn restore_image(
     opts: &crate::snap::SnapOptions,
     seed: u64,
 ) -> anyhow::Result<crate::snap::Restored> {
-    let (grid, input) = encoder_input(image, &opts.grid, config.factor, config.size_multiple(), &Device::Cpu)?;
-    let pred = model.predict(&input, &[seed])?;
-    let decoded = decode_prediction(&pred, image, &grid, &opts.decode, config.trust_flat_cells_below)?;
-    Ok(crate::snap::Restored { image: decoded.image, grid, palette: decoded.palette, blur: None })
+    let encoded = encode_image(image, &opts.grid, config, &Device::Cpu)?;
+    let pred = model.predict(&encoded.input, &[seed])?;
+    let decoded = decode_prediction(&pred, &encoded.cells, encoded.fitted.as_ref(), &opts.decode, config.trust_flat_cells_below)?;
+    Ok(crate::snap::Restored { image: decoded.image, grid: encoded.grid, palette: decoded.palette, blur: None })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::colour::srgb8_to_oklab;
+
+    fn cells(colours: [[u8; 3]; 2], spread: [f32; 2]) -> CellColours {
+        CellColours { cols: 2, rows: 1, colour: colours.iter().map(|&c| srgb8_to_oklab(c)).collect(), alpha: vec![255.0; 2], spread: spread.to_vec() }
+    }
+
+    #[test]
+    fn flat_cells_keep_the_decoders_colour_the_fitted_one_where_given() {
+        let (red, green, blue, white) = ([200u8, 30, 30], [30u8, 200, 30], [30u8, 30, 200], [250u8, 250, 250]);
+        // The first cell is flat, the second noisy; the prediction says blue for both.
+        let robust = cells([red, green], [0.0, 0.1]);
+        let fitted = cells([white, green], [0.0, 0.1]);
+        let unit = |v: u8| f32::from(v) / 127.5 - 1.0;
+        let plane = |c: usize| [unit(blue[c]), unit(blue[c])];
+        let data: Vec<f32> = (0..3).flat_map(plane).chain([1.0, 1.0]).collect();
+        let pred = Tensor::from_vec(data, (1, 4, 1, 2), &Device::Cpu).unwrap();
+        let pixels = |fitted: Option<&CellColours>, trust: f32| {
+            let decoded = decode_prediction(&pred, &robust, fitted, &DecodeOptions::default(), trust).unwrap();
+            decoded.image.pixels().map(|p| [p[0], p[1], p[2]]).collect::<Vec<_>>()
+        };
+        assert_eq!(pixels(None, 0.0005), vec![red, blue]);
+        assert_eq!(pixels(Some(&fitted), 0.0005), vec![white, blue]);
+        assert_eq!(pixels(Some(&fitted), 0.0), vec![blue, blue], "0 uses the prediction everywhere");
+    }
 }

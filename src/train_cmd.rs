@@ -44,15 +44,27 @@ pub struct TrainArgs {
     init: Option<PathBuf>,
     /// Diffusion only: refine this fast model (a model folder). The diffusion state becomes
     /// the residual over its prediction; its weights are stored, frozen, in the new model.
-    #[arg(long, conflicts_with = "init")]
+    /// With --init (a residual diffusion model): re-base it, replacing its frozen fast model
+    /// by this one (same configuration) and training on from its other weights.
+    #[arg(long)]
     base: Option<PathBuf>,
     /// With --base: the residual is scaled by this before diffusion (see the model
-    /// config's `residual_scale`).
-    #[arg(long, default_value_t = 8.0, requires = "base")]
-    residual_scale: f64,
-    /// Train everything, or only the conditioning adapter (with --init: fine-tuning).
+    /// config's `residual_scale`) [default: 8; a re-based model keeps its own].
+    #[arg(long, requires = "base")]
+    residual_scale: Option<f64>,
+    /// Train everything, only the conditioning adapter (with --init: fine-tuning), or the
+    /// unconditional prior (StableSR's first stage).
     #[arg(long, value_enum, default_value = "all")]
     train: TrainPart,
+    /// A new model's encoder also reads the cells as the snap decoder fits them
+    /// (deconvolved where the image was upscaled by an interpolating kernel), and the fast
+    /// model predicts its residual over those. A model with --base takes its base's input.
+    #[arg(long, conflicts_with_all = ["init", "base"])]
+    fitted_cells: bool,
+    /// Weight of the PatchGAN adversarial term on the predicted sprite (0: none; the other
+    /// loss weights are set with --config).
+    #[arg(long, default_value_t = 0.0)]
+    adversarial: f64,
     /// Only sprites of these categories (file names dcss_CATEGORY_...).
     #[arg(long, value_delimiter = ',')]
     only_category: Vec<String>,
@@ -117,17 +129,31 @@ pub fn run(args: TrainArgs) -> Result<ExitCode> {
 fn config_from_args(args: &TrainArgs) -> Result<TrainConfig> {
     let mut model = match &args.init {
         Some(dir) => load_model_dir(dir)?.0,
+        None if args.fitted_cells => PixelRestorerConfig::small(args.model).with_fitted_cells(),
         None => PixelRestorerConfig::small(args.model),
     };
-    if let Some(base) = &args.base {
+    if let (Some(init), Some(base)) = (&args.init, &args.base) {
+        let base_cfg = load_model_dir(base)?.0;
+        if model.base.as_deref() != Some(&base_cfg) {
+            bail!(
+                "--init {} with --base re-bases a residual diffusion model, whose frozen fast model must have the configuration of {}",
+                init.display(),
+                base.display()
+            );
+        }
+        if args.residual_scale.is_some_and(|scale| scale != model.residual_scale) {
+            bail!("re-basing keeps the model's residual scale ({}); leave --residual-scale out", model.residual_scale);
+        }
+    } else if let Some(base) = &args.base {
         if args.model != ModelKind::Diffusion {
             bail!("--base gives the fast model a diffusion model refines: use it with --model diffusion");
         }
         model = model.with_base(load_model_dir(base)?.0)?;
-        if !(args.residual_scale > 0.0 && args.residual_scale.is_finite()) {
+        let residual_scale = args.residual_scale.unwrap_or(8.0);
+        if !(residual_scale > 0.0 && residual_scale.is_finite()) {
             bail!("--residual-scale must be a positive number");
         }
-        model.residual_scale = args.residual_scale;
+        model.residual_scale = residual_scale;
     }
     if args.train == TrainPart::Adapter && args.init.is_none() {
         bail!("--train adapter fine-tunes a trained model: give it with --init");
@@ -143,6 +169,10 @@ fn config_from_args(args: &TrainArgs) -> Result<TrainConfig> {
     cfg.init = args.init.clone();
     cfg.base = args.base.clone();
     cfg.train = args.train;
+    if !(args.adversarial >= 0.0 && args.adversarial.is_finite()) {
+        bail!("--adversarial must be a weight of 0 or more");
+    }
+    cfg.losses.adversarial = args.adversarial;
     cfg.selection.only_categories = args.only_category.clone();
     cfg.selection.exclude_categories = args.exclude_category.clone();
     cfg.checkpoint_every = args.checkpoint_every;

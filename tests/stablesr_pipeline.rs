@@ -209,7 +209,7 @@ fn fixture_weights_load_into_the_right_networks() {
     let encoder = StructEncoder::new(vb.pp("structcond_stage_model"), &cfg.struct_encoder).unwrap();
     let (x_t, t, lr) = (&io["unet.x_t"], &io["unet.timesteps"], &io["enc.lr_latent"]);
     let reference = unet
-        .forward(x_t, t, Some(&context), &encoder.forward(lr, t).unwrap())
+        .forward(x_t, t, Some(&context), Some(&encoder.forward(lr, t).unwrap()))
         .unwrap();
     let eps = sr.predict_eps(x_t, t, lr).unwrap();
     let err = max_diff(&eps, &reference);

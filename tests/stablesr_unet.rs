@@ -161,7 +161,7 @@ fn tiny_networks_reproduce_stablesr_outputs() {
                     &get(&format!("{case}unet.x_t")),
                     &timesteps,
                     Some(&get(&format!("{case}unet.context"))),
-                    &features,
+                    Some(&features),
                 )
                 .expect("UNet forward");
             let name = format!("{case}unet.eps");
@@ -196,7 +196,7 @@ fn every_weight_gets_a_gradient() {
             &io["b2.unet.x_t"],
             timesteps,
             Some(&io["b2.unet.context"]),
-            &features,
+            Some(&features),
         )
         .unwrap();
     let loss = (eps.clone() * random_normal(eps.dims(), 7))
@@ -255,11 +255,11 @@ fn unet_without_text_attends_to_itself_at_any_size() {
     assert_eq!(features.widths(), vec![6, 12]);
     assert_eq!(features.get(6).unwrap().dims(), &[3, 16, 4, 6]);
     let x_t = random_normal(&[3, 4, 8, 12], 2);
-    let eps = unet.forward(&x_t, &timesteps, None, &features).unwrap();
+    let eps = unet.forward(&x_t, &timesteps, None, Some(&features)).unwrap();
     assert_eq!(eps.dims(), &[3, 4, 8, 12]);
     assert!(max_abs(&eps) > 0.0);
     let context = random_normal(&[3, 5, 32], 3);
     assert!(unet
-        .forward(&x_t, &timesteps, Some(&context), &features)
+        .forward(&x_t, &timesteps, Some(&context), Some(&features))
         .is_err());
 }

@@ -96,6 +96,40 @@ fn an_interrupted_run_resumes_exactly() {
 }
 
 #[test]
+fn the_adversarial_term_trains_a_critic_and_resumes_exactly() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("sprites");
+    write_sprites(&data);
+    let run = |steps| {
+        let mut cfg = tiny_run(ModelKind::Fast, &data, steps);
+        cfg.losses.adversarial = 0.1;
+        cfg
+    };
+    let straight = tmp.path().join("straight");
+    let split = tmp.path().join("split");
+    train(&run(4), &straight, &mut |_, _| {}).unwrap();
+    train(&run(2), &split, &mut |_, _| {}).unwrap();
+    let second = train(&run(4), &split, &mut |_, _| {}).unwrap();
+    assert_eq!(second.resumed_from, Some(2));
+    // The critic's weights and moments are in the checkpoint, so the resumed run is the
+    // same run bit for bit.
+    assert!(model_values(&straight) == model_values(&split), "resumed weights differ");
+    let checkpoint = |dir: &Path| spritedx::train::checkpoint::load(&dir.join("checkpoint.safetensors"), &candle_core::Device::Cpu).unwrap().0;
+    let (a, b) = (checkpoint(&straight), checkpoint(&split));
+    let critic_names: Vec<&String> = a.keys().filter(|k| k.starts_with("critic.")).collect();
+    assert!(!critic_names.is_empty() && a.keys().any(|k| k.starts_with("adam.m.critic.")));
+    for name in critic_names {
+        let values = |t: &candle_core::Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        assert!(values(&a[name]) == values(&b[name]), "{name} differs after resuming");
+    }
+    // Both terms are logged, and the exported model holds no critic.
+    let log = std::fs::read_to_string(split.join("log.jsonl")).unwrap();
+    let last: serde_json::Value = serde_json::from_str(log.lines().last().unwrap()).unwrap();
+    assert!(last["adversarial"].is_number() && last["critic"].as_f64().is_some_and(|v| v >= 0.0), "{last}");
+    assert!(model_values(&split).iter().all(|(k, _)| !k.starts_with("critic.")));
+}
+
+#[test]
 fn fine_tuning_trains_and_saves_only_the_adapter() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("sprites");
@@ -140,6 +174,54 @@ fn fine_tuning_trains_and_saves_only_the_adapter() {
     train(&tiny_run(ModelKind::Fast, &data, 1), &fast, &mut |_, _| {}).unwrap();
     let err = LoadedPixelRestorer::load(&fast.join("model"), Some(&tuned.join("model/model.safetensors"))).err().expect("a diffusion adapter does not fit a fast model");
     assert!(format!("{err:#}").contains("adapter"), "{err:#}");
+}
+
+#[test]
+fn the_prior_trains_the_unet_alone_and_the_adapter_then_conditions_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("sprites");
+    write_sprites(&data);
+    let mut prior_cfg = tiny_run(ModelKind::Diffusion, &data, 2);
+    prior_cfg.train = TrainPart::Prior;
+    let prior = tmp.path().join("prior");
+    train(&prior_cfg, &prior, &mut |_, _| {}).unwrap();
+    let mut one_step = prior_cfg.clone();
+    one_step.steps = 1;
+    let early = tmp.path().join("prior-1");
+    train(&one_step, &early, &mut |_, _| {}).unwrap();
+    // Between step 1 and 2 only the UNet outside SPADE moved; the rest kept its initial
+    // values, and every tensor is exported.
+    let (after_two, after_one) = (model_values(&prior), model_values(&early));
+    assert_eq!(after_two.len(), after_one.len());
+    assert!(after_two.iter().any(|(k, _)| k.starts_with("encoder.")) && after_two.iter().any(|(k, _)| k.contains("spade")));
+    let mut moved_unet = 0;
+    for ((name, a), (_, b)) in after_two.iter().zip(&after_one) {
+        let trained = name.starts_with("unet.") && !name.contains("spade");
+        if !trained {
+            assert!(a == b, "{name} changed while training the prior");
+        } else if a != b {
+            moved_unet += 1;
+        }
+    }
+    assert!(moved_unet > 0, "the prior trained nothing");
+    assert!(!prior.join("val.jsonl").exists(), "a prior cannot restore, so it is not validated");
+
+    // Second stage: the adapter on pairs, UNet frozen.
+    let mut adapter_cfg = tiny_run(ModelKind::Diffusion, &data, 1);
+    adapter_cfg.init = Some(prior.join("model"));
+    adapter_cfg.train = TrainPart::Adapter;
+    let adapter = tmp.path().join("adapter");
+    train(&adapter_cfg, &adapter, &mut |_, _| {}).unwrap();
+    let tuned: std::collections::HashMap<String, Vec<f32>> = model_values(&adapter).into_iter().collect();
+    assert!(tuned.keys().all(|k| spritedx::train::run::is_adapter_var(k)));
+    let spade = after_two.iter().find(|(k, _)| k.contains("spade") && k.ends_with("weight")).unwrap();
+    assert!(tuned[&spade.0] != spade.1, "{} did not train in the adapter stage", spade.0);
+
+    // Only a diffusion model without a base has a prior.
+    let mut fast_prior = tiny_run(ModelKind::Fast, &data, 1);
+    fast_prior.train = TrainPart::Prior;
+    let err = train(&fast_prior, &tmp.path().join("fast-prior"), &mut |_, _| {}).unwrap_err();
+    assert!(format!("{err:#}").contains("prior"), "{err:#}");
 }
 
 #[test]
@@ -230,6 +312,28 @@ fn a_residual_diffusion_model_keeps_its_base_frozen_and_starts_from_its_encoder(
     // A base of the wrong kind is refused.
     let err = tiny(ModelKind::Diffusion).with_base(tiny(ModelKind::Diffusion)).unwrap_err();
     assert!(format!("{err:#}").contains("fast"), "{err:#}");
+
+    // Re-basing (`init` and `base` together): the frozen fast model becomes the new base,
+    // while the encoder trains on from the residual model's own, not the new base's.
+    let other_base = tmp.path().join("other-base");
+    let mut other_run = tiny_run(ModelKind::Fast, &data, 2);
+    other_run.seed = 6;
+    train(&other_run, &other_base, &mut |_, _| {}).unwrap();
+    let (_, other_tensors) = spritedx::train::run::load_model_dir(&other_base.join("model")).unwrap();
+    let mut rebase = cfg.clone();
+    rebase.steps = 1;
+    rebase.init = Some(run.join("model"));
+    rebase.base = Some(other_base.join("model"));
+    let rebased = tmp.path().join("rebased");
+    train(&rebase, &rebased, &mut |_, _| {}).unwrap();
+    let (rebased_tensors, _) = spritedx::train::checkpoint::load(&rebased.join("model/model.safetensors"), &candle_core::Device::Cpu).unwrap();
+    for (name, t) in &other_tensors {
+        assert!(values(&rebased_tensors[&format!("base.{name}")]) == values(t), "base.{name} is not the new base's");
+    }
+    let from_init = values(&tensors[name.as_str()]);
+    assert!(from_init != values(&other_tensors[name]), "the two bases must differ for this check");
+    let gap = values(&rebased_tensors[name.as_str()]).iter().zip(&from_init).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+    assert!(gap <= 1.5 * lr, "{name} did not start from the re-based model's own encoder: {gap} after one step of lr {lr}");
 }
 
 #[test]
@@ -253,4 +357,49 @@ fn several_samples_per_input_are_averaged() {
     let averaged = diffusion.sample(&input, &[9]).unwrap();
     let d = (averaged - singles).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
     assert!(d < 1e-5, "the average of two samples differs by {d}");
+}
+
+#[test]
+fn fitted_cells_are_the_fast_models_anchor_and_train_end_to_end() {
+    use spritedx::pixel_restorer::{anchor_colours, FastRestorer};
+    let cfg = tiny(ModelKind::Fast).with_fitted_cells();
+    assert_eq!(cfg.encoder.in_channels, 20);
+    // With all weights zero the residual is zero: the prediction is the fitted cells.
+    let device = candle_core::Device::Cpu;
+    let zero = FastRestorer::new(candle_nn::VarBuilder::zeros(candle_core::DType::F32, &device), &cfg).unwrap();
+    let input = candle_core::Tensor::randn(0f32, 1.0, (2, 20, 8, 8), &device).unwrap();
+    let out = zero.forward(&input).unwrap();
+    let fitted = input.narrow(1, 16, 4).unwrap();
+    let anchor = (anchor_colours(&input, 2, true).unwrap() - &fitted).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+    assert_eq!(anchor, 0.0, "the anchor is the fitted channels");
+    let gap = (out - &fitted).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+    assert_eq!(gap, 0.0);
+    // An encoder that does not take the fitted channels is refused.
+    let mut wrong = cfg.clone();
+    wrong.encoder.in_channels = 16;
+    let err = FastRestorer::new(candle_nn::VarBuilder::zeros(candle_core::DType::F32, &device), &wrong).err().unwrap();
+    assert!(format!("{err}").contains("fitted cells"), "{err}");
+
+    // Trained, and refined by a residual diffusion model, which takes its base's input.
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("sprites");
+    write_sprites(&data);
+    let mut run = tiny_run(ModelKind::Fast, &data, 2);
+    run.model = cfg.clone();
+    let fast = tmp.path().join("fast");
+    train(&run, &fast, &mut |_, _| {}).unwrap();
+    let mut diffusion = tiny_run(ModelKind::Diffusion, &data, 1);
+    diffusion.model = diffusion.model.clone().with_base(cfg.clone()).unwrap();
+    assert!(diffusion.model.fitted_cells && diffusion.model.encoder.in_channels == 20);
+    diffusion.base = Some(fast.join("model"));
+    let refined = tmp.path().join("diffusion");
+    train(&diffusion, &refined, &mut |_, _| {}).unwrap();
+    // Both restore a bicubic upscale, whose cells the decoder deconvolves, at true size.
+    let sprite = image::open(data.join("dcss_mon_00.png")).unwrap().to_rgba8();
+    let big = imageops::resize(&sprite, 48, 48, imageops::FilterType::CatmullRom);
+    for dir in [&fast, &refined] {
+        let model = LoadedPixelRestorer::load(&dir.join("model"), None).unwrap();
+        assert!(model.config.fitted_cells);
+        assert_eq!(model.restore(&big, &Default::default()).unwrap().image.dimensions(), (16, 16), "{}", dir.display());
+    }
 }

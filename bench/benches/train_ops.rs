@@ -289,12 +289,15 @@ fn restorer_nets(runs: usize) -> candle_core::Result<Vec<(&'static str, usize, T
         serde_json::from_str(&std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))).unwrap()
     };
     let (b, cells) = (16, 16);
-    let input = Tensor::randn(0f32, 1.0, (b, 64, cells, cells), &dev)?;
+    let (fast_cfg, diffusion_cfg) = (config("pixel-restorer-fast"), config("pixel-restorer"));
+    // Each network's own input width (with fitted cells, 4 channels more than 4 f²).
+    let input_of = |cfg: &PixelRestorerConfig| Tensor::randn(0f32, 1.0, (b, cfg.input_channels(), cells, cells), &dev);
     let target = Tensor::randn(0f32, 1.0, (b, 4, cells, cells), &dev)?;
     let mut out = Vec::new();
 
+    let input = input_of(&fast_cfg)?;
     let varmap = VarMap::new();
-    let fast = FastRestorer::new(VarBuilder::from_varmap(&varmap, candle_core::DType::F32, &dev), &config("pixel-restorer-fast"))?;
+    let fast = FastRestorer::new(VarBuilder::from_varmap(&varmap, candle_core::DType::F32, &dev), &fast_cfg)?;
     let vars = trained_vars(&varmap, None);
     let shapes = manifest(&vars);
     let mut opt = adamw(vars)?;
@@ -303,7 +306,8 @@ fn restorer_nets(runs: usize) -> candle_core::Result<Vec<(&'static str, usize, T
     out.push(("fast", params, times, shapes));
 
     let varmap = VarMap::new();
-    let diffusion = DiffusionRestorer::new(VarBuilder::from_varmap(&varmap, candle_core::DType::F32, &dev), &config("pixel-restorer")).map_err(candle_core::Error::msg)?;
+    let input = input_of(&diffusion_cfg)?;
+    let diffusion = DiffusionRestorer::new(VarBuilder::from_varmap(&varmap, candle_core::DType::F32, &dev), &diffusion_cfg).map_err(candle_core::Error::msg)?;
     let vars = trained_vars(&varmap, Some("base."));
     let shapes = manifest(&vars);
     let mut opt = adamw(vars)?;

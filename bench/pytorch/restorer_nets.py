@@ -23,9 +23,11 @@ Measured like train_ops.py: CPU, f32, NCHW, median of BENCH_RUNS runs (default 1
 warm-up, on BENCH_THREADS threads (default 2). Shapes are the training command's defaults
 (batch 16, patches of 16x16 art pixels, factor 4), all tensors N(0, 1) after
 torch.manual_seed(0), none requiring grad:
-  fast:      input (16, 64, 16, 16), target (16, 4, 16, 16);
+  fast:      input (16, C, 16, 16) with C the config's encoder.in_channels (64, or 68 with
+             fitted cells, whose last 4 channels are then the residual's anchor),
+             target (16, 4, 16, 16);
              loss = mse(net(input), target)
-  diffusion: input (16, 64, 16, 16), x_t, base and target (16, 4, 16, 16), t = 16 float
+  diffusion: input (16, C, 16, 16), x_t, base and target (16, 4, 16, 16), t = 16 float
              timesteps uniform in [0, 1000); loss = mse(predict(x_t, t, input, base), target)
 For each net: forward_ms (to the loss, graph recorded), backward_ms (loss.backward() alone,
 after zero_grad(set_to_none=True) and an untimed forward), step_ms (zero_grad, forward,
@@ -466,12 +468,15 @@ class FastRestorer(nn.Module):
         c, hc = cfg["encoder"]["out_channels"], cfg.get("head_channels", 64)
         self.head = nn.ModuleDict({"norm": group_norm32(c), "hidden": conv3x3(c, hc), "out": conv3x3(hc, 4)})
         self.factor = cfg["factor"]
+        self.fitted_cells = cfg.get("fitted_cells", False)
 
     def forward(self, x):
         b, _, _, w = x.shape
         finest = self.encoder(x, torch.zeros(b))[w]
         h = self.head["hidden"](F.silu(self.head["norm"](finest)))
-        return cell_means(x, self.factor) + self.head["out"](F.silu(h))
+        ff = self.factor * self.factor
+        anchor = x[:, 4 * ff:4 * ff + 4] if self.fitted_cells else cell_means(x[:, :4 * ff], self.factor)
+        return anchor + self.head["out"](F.silu(h))
 
 
 class DiffusionRestorer(nn.Module):
@@ -495,8 +500,9 @@ def load_config(name):
 
 def build_nets():
     torch.manual_seed(0)
-    return {"fast": FastRestorer(load_config("pixel-restorer-fast")),
-            "diffusion": DiffusionRestorer(load_config("pixel-restorer"))}
+    configs = {"fast": load_config("pixel-restorer-fast"), "diffusion": load_config("pixel-restorer")}
+    nets = {"fast": FastRestorer(configs["fast"]), "diffusion": DiffusionRestorer(configs["diffusion"])}
+    return nets, {name: cfg["encoder"]["in_channels"] for name, cfg in configs.items()}
 
 
 # ---- modes --------------------------------------------------------------------------------
@@ -514,7 +520,7 @@ def read_manifest(path):
 
 
 def check_manifests(fast_file, diffusion_file):
-    nets = build_nets()
+    nets, _ = build_nets()
     ok = True
     for (name, net), path in zip(nets.items(), (fast_file, diffusion_file)):
         want = read_manifest(path)
@@ -561,14 +567,14 @@ def main():
     if args.check_manifest:
         check_manifests(*args.check_manifest)
 
-    nets = build_nets()
+    nets, in_channels = build_nets()
     n = BATCH
     torch.manual_seed(0)
-    x = torch.randn(n, 64, CELLS, CELLS)
+    x = {name: torch.randn(n, c, CELLS, CELLS) for name, c in in_channels.items()}
     x_t, base, target = (torch.randn(n, 4, CELLS, CELLS) for _ in range(3))
     t = torch.rand(n) * 1000.0
-    fast = training_times(nets["fast"], lambda: F.mse_loss(nets["fast"](x), target))
-    diffusion = training_times(nets["diffusion"], lambda: F.mse_loss(nets["diffusion"](x_t, t, x, base), target))
+    fast = training_times(nets["fast"], lambda: F.mse_loss(nets["fast"](x["fast"]), target))
+    diffusion = training_times(nets["diffusion"], lambda: F.mse_loss(nets["diffusion"](x_t, t, x["diffusion"], base), target))
 
     results = {"fast": fast, "diffusion": diffusion}
     if args.json:

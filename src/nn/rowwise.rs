@@ -380,8 +380,7 @@ mod tests {
             let g_ref = reference.mul(&r).unwrap().sum_all().unwrap().backward().unwrap();
             for (name, v) in [("input", &x), ("weight", &w), ("bias", &b)] {
                 let d = max_abs_diff(g_ours.get(v).unwrap(), g_ref.get(v).unwrap());
-                let tolerance = if name == "geglu" { 1e-5 } else { 1e-10 };
-                assert!(d < tolerance, "{name} gradient {dims:?}: {d}");
+                assert!(d < 1e-10, "{name} gradient {dims:?}: {d}");
             }
         }
     }

@@ -610,15 +610,19 @@ impl ResBlockDual {
     }
 
     /// `x` a map, `emb` (B, emb_channels), `struct_cond` the structure features, of which
-    /// the one of `x`'s width is used.
+    /// the one of `x`'s width is used. Without them the block is a plain ResBlock: the
+    /// unconditional prior that SPADE later modulates.
     pub fn forward(
         &self,
         x: &Tensor,
         emb: &Tensor,
-        struct_cond: &StructFeatures,
+        struct_cond: Option<&StructFeatures>,
     ) -> Result<Tensor> {
         let h = self.core.residual(x, emb)?;
-        let h = self.spade.forward(&h, struct_cond)?;
+        let h = match struct_cond {
+            Some(features) => self.spade.forward(&h, features)?,
+            None => h,
+        };
         self.core.skip(x)? + h
     }
 }

@@ -621,7 +621,7 @@ impl StableSr {
         let features = self.networks.struct_encoder.forward(lr_latent, timesteps)?;
         self.networks
             .unet
-            .forward(x_t, timesteps, Some(&context), &features)
+            .forward(x_t, timesteps, Some(&context), Some(&features))
     }
 
     /// [`StableSr::predict_eps`] tile by tile, blended by `layout`, `batch` tiles at once.
@@ -749,7 +749,8 @@ impl StableSr {
             .clamp(-1.0, 1.0)?;
         let prediction = Tensor::cat(&[&art_rgb, &art_alpha.to_dtype(art_rgb.dtype())?], 1)?
             .to_dtype(DType::F32)?;
-        let decoded = decode_prediction(&prediction, image, &prepared.grid, &opts.decode, 0.0)?;
+        let cells = crate::decoder::reduce_cells(image, &prepared.grid);
+        let decoded = decode_prediction(&prediction, &cells, None, &opts.decode, 0.0)?;
         Ok(Restored {
             image: decoded.image,
             grid: prepared.grid.clone(),

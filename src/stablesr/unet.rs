@@ -108,7 +108,7 @@ impl Block {
         x: &Tensor,
         emb: &Tensor,
         context: Option<&Tensor>,
-        struct_cond: &StructFeatures,
+        struct_cond: Option<&StructFeatures>,
     ) -> Result<Tensor> {
         let mut h = x.clone();
         for layer in &self.layers {
@@ -226,13 +226,14 @@ impl UNet {
     /// The predicted noise (B, out_channels, H, W) for the noisy latent `x`
     /// (B, in_channels, H, W) at `timesteps` (B,) of any dtype, one per sample, with the
     /// text `context` (B, M, context_dim) (None exactly when the config has no
-    /// `context_dim`) and the structure features of the low-resolution latent.
+    /// `context_dim`) and the structure features of the low-resolution latent (None: no
+    /// SPADE modulation, the unconditional diffusion prior).
     pub fn forward(
         &self,
         x: &Tensor,
         timesteps: &Tensor,
         context: Option<&Tensor>,
-        struct_cond: &StructFeatures,
+        struct_cond: Option<&StructFeatures>,
     ) -> Result<Tensor> {
         match (self.context_dim, context) {
             (Some(dim), None) => candle_core::bail!(

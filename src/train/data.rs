@@ -5,9 +5,11 @@
 //! the batches it would have seen without the interruption, and no random-generator state
 //! needs saving.
 
+use crate::decoder::reduce_cells;
 use crate::degrade::{degrade, Preset};
 use crate::grid::{analyse, GridOptions};
 use crate::io::load_rgba;
+use crate::pixel_restorer::{cells_image, fit_cells};
 use crate::pairs::list_images;
 use crate::rectify::rectify;
 use crate::rng::{derive_seed, splitmix64};
@@ -61,13 +63,25 @@ pub fn select_sprites(dir: &Path, selection: &SpriteSelection) -> Result<Vec<Pat
 pub struct PatchSpec {
     /// Art pixels per side of a patch.
     pub cells: usize,
-    /// Rectified pixels per art pixel per side: the encoder input has `4 * factor^2`
-    /// channels.
+    /// Rectified pixels per art pixel per side: the rectified cells make `4 * factor^2`
+    /// input channels.
     pub factor: u32,
+    /// Four more input channels: the cells as the snap decoder fits them (see
+    /// [`crate::pixel_restorer::PixelRestorerConfig::fitted_cells`]).
+    #[serde(default)]
+    pub fitted_cells: bool,
 }
 
-/// One aligned (degraded, clean) patch: `input` is (4 * f * f, cells, cells) after
-/// pixel-unshuffle, `target` (4, cells, cells), both channel-major f32 in [-1, 1].
+impl PatchSpec {
+    /// Channels of a patch's input.
+    pub fn input_channels(&self) -> usize {
+        crate::pixel_restorer::input_channels(self.factor, self.fitted_cells)
+    }
+}
+
+/// One aligned (degraded, clean) patch: `input` is (C, cells, cells), the pixel-unshuffled
+/// rectified cells and optionally the fitted cells ([`PatchSpec::input_channels`]),
+/// `target` (4, cells, cells), both channel-major f32 in [-1, 1].
 #[derive(Clone, Debug)]
 pub struct Patch {
     pub input: Vec<f32>,
@@ -125,6 +139,7 @@ impl PairSource {
         }
         let f = self.spec.factor;
         let rectified = rectify(&pair.image, &grid, f);
+        let fitted = self.spec.fitted_cells.then(|| cells_image(&fit_cells(&pair.image, &grid, &reduce_cells(&pair.image, &grid))));
         let n = self.spec.cells as u32;
         // A patch at a random cell offset; sprites smaller than a patch are padded by
         // repeating their last row and column (the loss sees those too: they are real
@@ -134,7 +149,7 @@ impl PairSource {
         let clamp_cell = |c: u32, extent: u32| (c).min(extent - 1);
         let cells = self.spec.cells;
         let ff = (f * f) as usize;
-        let mut input = vec![0.0f32; 4 * ff * cells * cells];
+        let mut input = vec![0.0f32; self.spec.input_channels() * cells * cells];
         let mut target = vec![0.0f32; 4 * cells * cells];
         let unit = |v: u8| f32::from(v) / 127.5 - 1.0;
         for cy in 0..n {
@@ -152,6 +167,12 @@ impl PairSource {
                         for c in 0..4 {
                             input[(c * ff + sub) * cells * cells + pos] = unit(p[c]);
                         }
+                    }
+                }
+                if let Some(fitted) = &fitted {
+                    let p = fitted.get_pixel(sx, sy).0;
+                    for c in 0..4 {
+                        input[(4 * ff + c) * cells * cells + pos] = unit(p[c]);
                     }
                 }
             }
@@ -206,7 +227,7 @@ mod tests {
 
     #[test]
     fn clean_samples_are_aligned_and_deterministic() {
-        let spec = PatchSpec { cells: 8, factor: 2 };
+        let spec = PatchSpec { cells: 8, factor: 2, fitted_cells: false };
         let source = PairSource::new(vec![sprite(1), sprite(2)], vec![Preset::Clean], spec, 7);
         let a = source.sample(3, 0).expect("clean nearest upscales have a grid");
         let b = source.sample(3, 0).unwrap();
@@ -229,8 +250,31 @@ mod tests {
     }
 
     #[test]
+    fn fitted_cells_follow_the_rectified_ones() {
+        let plain = PairSource::new(vec![sprite(1)], vec![Preset::Clean], PatchSpec { cells: 8, factor: 2, fitted_cells: false }, 7);
+        let spec = PatchSpec { cells: 8, factor: 2, fitted_cells: true };
+        assert_eq!(spec.input_channels(), 20);
+        let fitted = PairSource::new(vec![sprite(1)], vec![Preset::Clean], spec, 7);
+        let (a, b) = (plain.sample(3, 0).unwrap(), fitted.sample(3, 0).unwrap());
+        assert_eq!(b.input.len(), 20 * 64);
+        assert_eq!(&b.input[..16 * 64], &a.input[..], "the rectified channels come first, unchanged");
+        // A clean nearest upscale fits to the clean sprite itself: same alpha, and the
+        // same colour where opaque (within the 8-bit rounding of the OKLab round trip).
+        let plane = |v: &[f32], c: usize| v[c * 64..(c + 1) * 64].to_vec();
+        let alpha = plane(&b.input, 19);
+        assert_eq!(alpha, plane(&b.target, 3));
+        for c in 0..3 {
+            for (pos, (got, want)) in plane(&b.input, 16 + c).iter().zip(plane(&b.target, c)).enumerate() {
+                if alpha[pos] > 0.0 {
+                    assert!((got - want).abs() <= 1.5 / 127.5, "channel {c} pos {pos}: {got} vs {want}");
+                }
+            }
+        }
+    }
+
+    #[test]
     fn batches_are_full_and_reproducible() {
-        let spec = PatchSpec { cells: 8, factor: 2 };
+        let spec = PatchSpec { cells: 8, factor: 2, fitted_cells: false };
         let source = PairSource::new(vec![sprite(1), sprite(2), sprite(3)], vec![Preset::Clean, Preset::Seed], spec, 9);
         let (a, _) = source.batch(5, 6);
         let (b, _) = source.batch(5, 6);

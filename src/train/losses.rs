@@ -110,12 +110,24 @@ pub struct LossWeights {
     pub alpha: f64,
     pub edge: f64,
     pub palette: f64,
+    /// The PatchGAN adversarial term on the predicted clean sprite (see
+    /// [`crate::train::adversarial`]); 0, the default, trains no discriminator.
+    #[serde(default)]
+    pub adversarial: f64,
 }
 
 impl Default for LossWeights {
     fn default() -> Self {
-        Self { diffusion: 1.0, l1: 1.0, alpha: 1.0, edge: 0.5, palette: 0.5 }
+        Self { diffusion: 1.0, l1: 1.0, alpha: 1.0, edge: 0.5, palette: 0.5, adversarial: 0.0 }
     }
+}
+
+/// A batch's training loss: the weighted total, each term's value for the log, and the
+/// clean sprite (B, 4, H, W) the model predicted, which the adversarial term judges.
+pub struct BatchLoss {
+    pub total: Tensor,
+    pub parts: Vec<(&'static str, f32)>,
+    pub predicted: Tensor,
 }
 
 /// The clean-sprite losses, weighted and summed; also each term's value for the log.

@@ -1,8 +1,9 @@
 //! Training the learned restorers on this machine's CPU: pairs made on the fly
 //! ([`data`]), AdamW with saved state and an EMA ([`optim`]), atomic checkpoints
-//! ([`checkpoint`]), the losses of the design note ([`losses`]) and a PNG plot of a run
-//! ([`plot`]).
+//! ([`checkpoint`]), the losses of the design note ([`losses`]) with its optional
+//! adversarial term ([`adversarial`]) and a PNG plot of a run ([`plot`]).
 
+pub mod adversarial;
 pub mod checkpoint;
 pub mod data;
 pub mod losses;

@@ -15,10 +15,11 @@
 
 use crate::degrade::{degrade, Preset};
 use crate::metrics::{score, MetricOptions};
-use crate::pixel_restorer::{restore_image, PixelRestorer, PixelRestorerConfig};
+use crate::pixel_restorer::{restore_image, ModelKind, PixelRestorer, PixelRestorerConfig};
 use crate::train::checkpoint;
 use crate::train::data::{select_sprites, Patch, PairSource, PatchSpec, SpriteSelection};
-use crate::train::losses::LossWeights;
+use crate::train::adversarial::Critic;
+use crate::train::losses::{BatchLoss, LossWeights};
 use crate::train::optim::{AdamW, AdamWConfig, Ema};
 use crate::train::plot::{plot, Series};
 use anyhow::{bail, Context, Result};
@@ -40,6 +41,21 @@ pub enum TrainPart {
     /// The conditioning adapter only (the structure encoder and the SPADE layers, plus
     /// the fast model's head); the rest stays frozen. The output holds only these.
     Adapter,
+    /// StableSR's first stage, for a diffusion model without a base: the UNet alone (no
+    /// SPADE) learns to denoise clean sprites, unconditionally. The output holds every
+    /// tensor, the adapter's untrained; `--init` it with `--train adapter` next.
+    Prior,
+}
+
+impl TrainPart {
+    /// Whether this part trains the variable `name` (frozen ones aside).
+    fn trains(self, name: &str) -> bool {
+        match self {
+            Self::All => true,
+            Self::Adapter => is_adapter_var(name),
+            Self::Prior => name.starts_with("unet.") && !name.contains("spade"),
+        }
+    }
 }
 
 /// Everything a run is, saved in its checkpoint and `config.json`.
@@ -140,7 +156,7 @@ pub fn init_vars(vars: &[(String, Var)], seed: u64, zero: &[&str]) -> Result<()>
 }
 
 /// The variables of a VarMap sorted by name.
-fn sorted_vars(varmap: &VarMap) -> Vec<(String, Var)> {
+pub(crate) fn sorted_vars(varmap: &VarMap) -> Vec<(String, Var)> {
     let mut vars: Vec<(String, Var)> = varmap.data().lock().expect("varmap poisoned").iter().map(|(k, v)| (k.clone(), v.clone())).collect();
     vars.sort_by(|a, b| a.0.cmp(&b.0));
     vars
@@ -322,13 +338,17 @@ pub fn train(cfg: &TrainConfig, out: &Path, on_step: &mut dyn FnMut(u64, f64)) -
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     let device = Device::Cpu;
     let started = Instant::now();
-    let spec = PatchSpec { cells: cfg.patch_cells, factor: cfg.model.factor };
+    let spec = PatchSpec { cells: cfg.patch_cells, factor: cfg.model.factor, fitted_cells: cfg.model.fitted_cells };
     if cfg.patch_cells % cfg.model.size_multiple() != 0 {
         bail!("patch size {} must be a multiple of {}", cfg.patch_cells, cfg.model.size_multiple());
     }
+    if cfg.train == TrainPart::Prior && (cfg.model.kind != ModelKind::Diffusion || cfg.model.base.is_some()) {
+        bail!("--train prior trains the UNet of a diffusion model without a base (--model diffusion, no --base)");
+    }
     let train_paths = select_sprites(&cfg.data, &cfg.selection)?;
     let source = PairSource::load(&train_paths, cfg.presets.clone(), spec, cfg.seed)?;
-    let val_pairs = validation_pairs(cfg)?;
+    // A prior cannot restore until its adapter is trained: nothing to validate.
+    let val_pairs = if cfg.train == TrainPart::Prior { Vec::new() } else { validation_pairs(cfg)? };
 
     let varmap = VarMap::new();
     let vb = VarBuilder::from_varmap(&varmap, DType::F32, &device);
@@ -351,7 +371,9 @@ pub fn train(cfg: &TrainConfig, out: &Path, on_step: &mut dyn FnMut(u64, f64)) -
             bail!("{} holds another base model than this run's config names", base_dir.display());
         }
         for (name, var) in &vars {
-            let base_name = match (name.strip_prefix("base."), name.starts_with("encoder.")) {
+            // A new model's structure encoder starts from the base's; a re-based one
+            // (`init` given) keeps its own trained encoder.
+            let base_name = match (name.strip_prefix("base."), name.starts_with("encoder.") && cfg.init.is_none()) {
                 (Some(own), _) => own,
                 (None, true) => name.as_str(),
                 (None, false) => continue,
@@ -362,7 +384,7 @@ pub fn train(cfg: &TrainConfig, out: &Path, on_step: &mut dyn FnMut(u64, f64)) -
     let trained: Vec<(String, Var)> = vars
         .iter()
         .filter(|(n, _)| !is_frozen_var(n))
-        .filter(|(n, _)| cfg.train == TrainPart::All || is_adapter_var(n))
+        .filter(|(n, _)| cfg.train.trains(n))
         .cloned()
         .collect();
     if trained.is_empty() {
@@ -370,6 +392,10 @@ pub fn train(cfg: &TrainConfig, out: &Path, on_step: &mut dyn FnMut(u64, f64)) -
     }
     let mut opt = AdamW::new(trained.clone(), cfg.optim.clone())?;
     let mut ema = Ema::new(&trained, cfg.ema_decay)?;
+    let mut critic = match cfg.losses.adversarial > 0.0 {
+        true => Some(Critic::new(cfg.seed, cfg.optim.clone(), &device)?),
+        false => None,
+    };
     let config_json = serde_json::to_string(cfg)?;
     let ckpt_path = out.join("checkpoint.safetensors");
     let mut step = 0u64;
@@ -391,6 +417,9 @@ pub fn train(cfg: &TrainConfig, out: &Path, on_step: &mut dyn FnMut(u64, f64)) -
             *shadow = tensors.get(&format!("ema.{name}")).with_context(|| format!("checkpoint lacks ema.{name}"))?.clone();
         }
         opt.load_state(&tensors, step)?;
+        if let Some(critic) = critic.as_mut() {
+            critic.load_state(&tensors, step)?;
+        }
         resumed_from = Some(step);
         truncate_log(&out.join("log.jsonl"), step)?;
         truncate_log(&out.join("val.jsonl"), step)?;
@@ -405,13 +434,13 @@ pub fn train(cfg: &TrainConfig, out: &Path, on_step: &mut dyn FnMut(u64, f64)) -
         for (name, var) in &vars {
             match ema_of.get(name.as_str()) {
                 Some(t) => export.insert(name.clone(), (*t).clone()),
-                None if cfg.train == TrainPart::All => export.insert(name.clone(), var.as_tensor().clone()),
+                None if cfg.train != TrainPart::Adapter => export.insert(name.clone(), var.as_tensor().clone()),
                 None => None,
             };
         }
         export
     };
-    let save_all = |step: u64, opt: &AdamW, ema: &Ema| -> Result<()> {
+    let save_all = |step: u64, opt: &AdamW, ema: &Ema, critic: Option<&Critic>| -> Result<()> {
         let mut tensors: HashMap<String, Tensor> = HashMap::new();
         for (name, var) in &vars {
             tensors.insert(format!("model.{name}"), var.as_tensor().clone());
@@ -420,6 +449,7 @@ pub fn train(cfg: &TrainConfig, out: &Path, on_step: &mut dyn FnMut(u64, f64)) -
             tensors.insert(format!("ema.{name}"), t.clone());
         }
         tensors.extend(opt.state());
+        tensors.extend(critic.map(Critic::state).unwrap_or_default());
         let meta: HashMap<String, String> = [("step".to_string(), step.to_string()), ("config".to_string(), config_json.clone())].into();
         checkpoint::save(&ckpt_path, &tensors, &meta)?;
         let export = export_tensors(ema);
@@ -443,7 +473,6 @@ pub fn train(cfg: &TrainConfig, out: &Path, on_step: &mut dyn FnMut(u64, f64)) -
         })
     };
     let cells = cfg.patch_cells;
-    let ff = (cfg.model.factor * cfg.model.factor) as usize;
     let mut last_log = Instant::now();
     let mut samples_since_log = 0usize;
     while step < cfg.steps {
@@ -452,17 +481,29 @@ pub fn train(cfg: &TrainConfig, out: &Path, on_step: &mut dyn FnMut(u64, f64)) -
         let b = patches.len();
         let input: Vec<f32> = patches.iter().flat_map(|p| p.input.iter().copied()).collect();
         let target: Vec<f32> = patches.iter().flat_map(|p| p.target.iter().copied()).collect();
-        let input = Tensor::from_vec(input, (b, 4 * ff, cells, cells), &device)?;
+        let input = Tensor::from_vec(input, (b, cfg.model.input_channels(), cells, cells), &device)?;
         let target = Tensor::from_vec(target, (b, 4, cells, cells), &device)?;
         let lr_scale = if cfg.warmup_steps > 0 { ((step + 1) as f64 / cfg.warmup_steps as f64).min(1.0) } else { 1.0 };
         opt.config.lr = cfg.optim.lr * lr_scale;
-        let (loss, parts) = model.loss(&input, &target, crate::rng::derive_seed(cfg.seed, &[step, 0x6e6f697365]), &cfg.losses)?;
+        let noise_seed = crate::rng::derive_seed(cfg.seed, &[step, 0x6e6f697365]);
+        let BatchLoss { total: mut loss, mut parts, predicted } = match (&model, cfg.train) {
+            (PixelRestorer::Diffusion(diffusion), TrainPart::Prior) => diffusion.loss(None, &target, noise_seed, &cfg.losses)?,
+            _ => model.loss(&input, &target, noise_seed, &cfg.losses)?,
+        };
+        if let Some(critic) = &critic {
+            let adversarial = critic.net.generator_loss(&predicted)?;
+            parts.push(("adversarial", adversarial.to_scalar::<f32>()?));
+            loss = (loss + (adversarial * cfg.losses.adversarial)?)?;
+        }
         let loss_value = loss.to_scalar::<f32>()?;
         if !loss_value.is_finite() {
             bail!("the loss became {loss_value} at step {step}; lower the learning rate (--lr) and resume from the last checkpoint");
         }
         let grads = loss.backward()?;
         let grad_norm = opt.step(&grads)?;
+        if let Some(critic) = critic.as_mut() {
+            parts.push(("critic", critic.step(&target, &predicted, opt.config.lr)?));
+        }
         ema.update(&trained)?;
         step += 1;
         samples_since_log += b;
@@ -481,13 +522,13 @@ pub fn train(cfg: &TrainConfig, out: &Path, on_step: &mut dyn FnMut(u64, f64)) -
             samples_since_log = 0;
         }
         if step % cfg.checkpoint_every == 0 || step == cfg.steps {
-            save_all(step, &opt, &ema)?;
+            save_all(step, &opt, &ema, critic.as_ref())?;
         }
         if !val_pairs.is_empty() && (step % cfg.validate_every == 0 || step == cfg.steps) {
             // The EMA weights just exported (every validation step is a checkpoint step
             // or the last step when validate_every is a multiple of checkpoint_every),
             // built from memory rather than read back from the file just written.
-            let exported = cfg.train == TrainPart::All && (step % cfg.checkpoint_every == 0 || step == cfg.steps);
+            let exported = cfg.train != TrainPart::Adapter && (step % cfg.checkpoint_every == 0 || step == cfg.steps);
             let eval_model = match exported {
                 true => Some(PixelRestorer::new(VarBuilder::from_tensors(export_tensors(&ema), DType::F32, &device), &cfg.model)?),
                 false => None,
