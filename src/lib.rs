@@ -20,6 +20,7 @@
 //! - [`pairs`]: pair sets on disk (degraded and clean images plus a JSON-lines manifest).
 //! - [`eval`]: the evaluation harness behind `spritedx eval`.
 //! - [`pixel_restorer`]: our own learned restorers (fast and diffusion) at true resolution.
+//! - [`tiling`]: running a network over a large image in overlapping tiles.
 //! - [`rectify`]: resampling to exactly f x f pixels per art pixel, and tensor layouts.
 //! - [`restorers`]: the restorers `spritedx eval` and `spritedx restore` can run.
 //! - [`nn`]: fast CPU building blocks for the learned restorers (candle custom ops).
@@ -50,5 +51,6 @@ pub mod snap;
 pub mod split;
 pub mod stablesr;
 pub mod threads;
+pub mod tiling;
 pub mod train;
 pub mod weights;

@@ -22,6 +22,7 @@ use crate::rectify::{image_to_tensor, pixel_unshuffle, rectify};
 use crate::stablesr::layers::{ops, Conv2d, GroupNorm};
 use crate::stablesr::struct_encoder::{StructEncoder, StructEncoderConfig};
 use crate::stablesr::unet::{UNet, UNetConfig};
+use crate::tiling::{map_tiles, Tiling};
 use crate::train::losses::{sprite_losses, BatchLoss, LossWeights};
 use anyhow::{bail, Context};
 use candle_core::{DType, Device, Result, Tensor, D};
@@ -513,8 +514,27 @@ impl PixelRestorer {
         }
     }
 
-    /// The clean sprites predicted for a batch of encoder inputs.
+    /// The clean sprites predicted for a batch of encoder inputs, one seed per input (for
+    /// the diffusion sampler). An input larger than a tile ([`Tiling::default`]) is
+    /// predicted in overlapping tiles, each seeded from the input's seed and its index.
     pub fn predict(&self, input: &Tensor, seeds: &[u64]) -> anyhow::Result<Tensor> {
+        let tiling = Tiling::default();
+        let (b, _, h, w) = input.dims4()?;
+        if h <= tiling.tile && w <= tiling.tile {
+            return self.predict_whole(input, seeds);
+        }
+        let images = (0..b)
+            .map(|i| {
+                map_tiles(&input.narrow(0, i, 1)?, tiling, |tiles, first| {
+                    let tile_seeds: Vec<u64> = (first..first + tiles.dim(0)?).map(|t| crate::rng::derive_seed(seeds[i], &[t as u64])).collect();
+                    self.predict_whole(tiles, &tile_seeds)
+                })
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        Ok(Tensor::cat(&images, 0)?)
+    }
+
+    fn predict_whole(&self, input: &Tensor, seeds: &[u64]) -> anyhow::Result<Tensor> {
         match self {
             Self::Fast(m) => Ok(m.forward(input)?.clamp(-1.0, 1.0)?),
             Self::Diffusion(m) => m.sample(input, seeds),
