@@ -5,7 +5,7 @@ use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use spritedx::degrade::Preset;
 use spritedx::pixel_restorer::{ModelKind, PixelRestorerConfig};
-use spritedx::train::run::{load_model_dir, train, TrainConfig, TrainPart};
+use spritedx::train::run::{load_model_dir, train, LrDecay, TrainConfig, TrainPart};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -31,6 +31,13 @@ pub struct TrainArgs {
     patch_cells: usize,
     #[arg(long, default_value_t = 2e-4)]
     lr: f64,
+    /// After the warm-up, decay the learning rate along a cosine to --lr-final-ratio of it at
+    /// this step (fixed by the run: extending --steps on resume does not stretch it).
+    #[arg(long, value_name = "STEP")]
+    lr_decay_until: Option<u64>,
+    /// Where the cosine decay ends, as a share of --lr.
+    #[arg(long, default_value_t = 0.1, requires = "lr_decay_until")]
+    lr_final_ratio: f64,
     #[arg(long, default_value_t = 0)]
     seed: u64,
     /// Decay of the exponential moving average of the weights (the exported model).
@@ -163,6 +170,10 @@ fn config_from_args(args: &TrainArgs) -> Result<TrainConfig> {
     cfg.batch = args.batch;
     cfg.patch_cells = args.patch_cells;
     cfg.optim.lr = args.lr;
+    if !(0.0..=1.0).contains(&args.lr_final_ratio) {
+        bail!("--lr-final-ratio must be between 0 and 1, got {}", args.lr_final_ratio);
+    }
+    cfg.lr_decay = args.lr_decay_until.map(|until_step| LrDecay { until_step, final_ratio: args.lr_final_ratio });
     cfg.seed = args.seed;
     cfg.ema_decay = args.ema_decay;
     cfg.presets = args.preset.clone();

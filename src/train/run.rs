@@ -58,6 +58,31 @@ impl TrainPart {
     }
 }
 
+/// A cosine decay of the learning rate from the end of the warm-up to `until_step`, where it
+/// reaches `final_ratio` times the peak and stays. Fixed in the run's config (not tied to
+/// `steps`, which a resumed run may extend), so a resumed run follows the same schedule.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LrDecay {
+    pub until_step: u64,
+    pub final_ratio: f64,
+}
+
+/// The learning rate of `step` (0-based) as a share of the peak: a linear warm-up over
+/// `warmup` steps, then constant or the cosine `decay`.
+pub fn lr_scale(step: u64, warmup: u64, decay: Option<LrDecay>) -> f64 {
+    if step < warmup {
+        return (step + 1) as f64 / warmup as f64;
+    }
+    match decay {
+        Some(LrDecay { until_step, final_ratio }) if until_step > warmup => {
+            let progress = ((step - warmup) as f64 / (until_step - warmup) as f64).min(1.0);
+            final_ratio + (1.0 - final_ratio) * 0.5 * (1.0 + (std::f64::consts::PI * progress).cos())
+        }
+        Some(LrDecay { final_ratio, .. }) => final_ratio,
+        None => 1.0,
+    }
+}
+
 /// Everything a run is, saved in its checkpoint and `config.json`.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct TrainConfig {
@@ -75,6 +100,9 @@ pub struct TrainConfig {
     pub optim: AdamWConfig,
     /// Linear learning-rate warm-up over this many steps.
     pub warmup_steps: u64,
+    /// After the warm-up, a cosine decay of the learning rate (None: constant).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lr_decay: Option<LrDecay>,
     pub ema_decay: f64,
     pub losses: LossWeights,
     pub train: TrainPart,
@@ -107,6 +135,7 @@ impl TrainConfig {
             seed: 0,
             optim: AdamWConfig::default(),
             warmup_steps: 100,
+            lr_decay: None,
             ema_decay: 0.999,
             losses: LossWeights::default(),
             train: TrainPart::All,
@@ -483,7 +512,7 @@ pub fn train(cfg: &TrainConfig, out: &Path, on_step: &mut dyn FnMut(u64, f64)) -
         let target: Vec<f32> = patches.iter().flat_map(|p| p.target.iter().copied()).collect();
         let input = Tensor::from_vec(input, (b, cfg.model.input_channels(), cells, cells), &device)?;
         let target = Tensor::from_vec(target, (b, 4, cells, cells), &device)?;
-        let lr_scale = if cfg.warmup_steps > 0 { ((step + 1) as f64 / cfg.warmup_steps as f64).min(1.0) } else { 1.0 };
+        let lr_scale = lr_scale(step, cfg.warmup_steps, cfg.lr_decay);
         opt.config.lr = cfg.optim.lr * lr_scale;
         let noise_seed = crate::rng::derive_seed(cfg.seed, &[step, 0x6e6f697365]);
         let BatchLoss { total: mut loss, mut parts, predicted } = match (&model, cfg.train) {
@@ -544,4 +573,40 @@ pub fn train(cfg: &TrainConfig, out: &Path, on_step: &mut dyn FnMut(u64, f64)) -
     let _ = producer.join();
     write_plot(out)?;
     Ok(RunSummary { steps_done: step, resumed_from, seconds: started.elapsed().as_secs_f64() })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// The warm-up rises to the peak, the decay never rises, stays within
+        /// [final_ratio, 1] and ends at final_ratio (tolerance 1e-12, rounding of cos).
+        #[test]
+        fn the_cosine_decay_falls_from_the_peak_to_its_floor(warmup in 0u64..200, length in 1u64..5000, final_ratio in 0.0f64..1.0) {
+            let decay = Some(LrDecay { until_step: warmup + length, final_ratio });
+            prop_assert!((lr_scale(warmup, warmup, decay) - 1.0).abs() < 1e-12);
+            if warmup > 0 {
+                prop_assert!((lr_scale(warmup - 1, warmup, decay) - 1.0).abs() < 1e-12);
+                prop_assert!(lr_scale(0, warmup, decay) <= 1.0 / warmup as f64 + 1e-12);
+            }
+            let mut previous = f64::INFINITY;
+            for step in (warmup..warmup + length + 10).step_by(((length / 50) as usize).max(1)) {
+                let scale = lr_scale(step, warmup, decay);
+                prop_assert!(scale <= previous + 1e-12 && scale >= final_ratio - 1e-12 && scale <= 1.0 + 1e-12);
+                previous = scale;
+            }
+            prop_assert!((lr_scale(warmup + length, warmup, decay) - final_ratio).abs() < 1e-12);
+            prop_assert!((lr_scale(warmup + length + 1000, warmup, decay) - final_ratio).abs() < 1e-12);
+        }
+    }
+
+    #[test]
+    fn without_decay_the_rate_stays_at_its_peak_after_the_warm_up() {
+        assert_eq!(lr_scale(0, 4, None), 0.25);
+        assert_eq!(lr_scale(3, 4, None), 1.0);
+        assert_eq!(lr_scale(10_000, 4, None), 1.0);
+        assert_eq!(lr_scale(0, 0, None), 1.0);
+    }
 }
