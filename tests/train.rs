@@ -3,7 +3,7 @@
 
 use image::{imageops, Rgba, RgbaImage};
 use spritedx::pixel_restorer::{LoadedPixelRestorer, ModelKind, PixelRestorerConfig};
-use spritedx::train::run::{train, TrainConfig, TrainPart};
+use spritedx::train::run::{lr_scale, train, LrDecay, TrainConfig, TrainPart};
 use std::path::Path;
 use std::process::Command;
 
@@ -93,6 +93,40 @@ fn an_interrupted_run_resumes_exactly() {
         let err = train(&other, &split, &mut |_, _| {}).unwrap_err();
         assert!(format!("{err:#}").contains("another configuration"), "{err:#}");
     }
+}
+
+/// The logged learning rate follows the warm-up and the cosine decay, also across a
+/// resumed run that extends --steps (the decay's end is fixed by the config, not by it).
+#[test]
+fn the_learning_rate_decays_as_configured_across_a_resume() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("sprites");
+    write_sprites(&data);
+    let out = tmp.path().join("run");
+    let run = |steps| {
+        let mut cfg = tiny_run(ModelKind::Fast, &data, steps);
+        cfg.validate_sprites = 0;
+        cfg.lr_decay = Some(LrDecay { until_step: 5, final_ratio: 0.2 });
+        cfg
+    };
+    train(&run(4), &out, &mut |_, _| {}).unwrap();
+    assert_eq!(train(&run(7), &out, &mut |_, _| {}).unwrap().resumed_from, Some(4));
+    let cfg = run(7);
+    let logged: Vec<(u64, f64)> = std::fs::read_to_string(out.join("log.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|line| {
+            let v: serde_json::Value = serde_json::from_str(line).unwrap();
+            (v["step"].as_u64().unwrap(), v["lr"].as_f64().unwrap())
+        })
+        .collect();
+    assert_eq!(logged.iter().map(|l| l.0).collect::<Vec<_>>(), (1..=7).collect::<Vec<_>>());
+    for (step, lr) in logged {
+        // Step n is logged after its update, which ran at the rate of 0-based step n - 1.
+        let want = cfg.optim.lr * lr_scale(step - 1, cfg.warmup_steps, cfg.lr_decay);
+        assert!((lr - want).abs() < 1e-12, "step {step}: lr {lr}, want {want}");
+    }
+    assert!((cfg.optim.lr * 0.2 - cfg.optim.lr * lr_scale(6, cfg.warmup_steps, cfg.lr_decay)).abs() < 1e-15, "the last steps run at the floor");
 }
 
 #[test]
