@@ -523,6 +523,9 @@ impl PixelRestorer {
         if h <= tiling.tile && w <= tiling.tile {
             return self.predict_whole(input, seeds);
         }
+        if seeds.len() != b {
+            bail!("{} seeds for a batch of {b} inputs", seeds.len());
+        }
         let images = (0..b)
             .map(|i| {
                 map_tiles(&input.narrow(0, i, 1)?, tiling, |tiles, first| {
