@@ -20,6 +20,22 @@ pub struct Span {
     pub own_end: usize,
 }
 
+/// Where tiles of one side length start along one axis of length `len`: every
+/// `tile - overlap`, the last one flush with the end. `tile` is at most `len`.
+pub fn tile_starts(len: usize, tile: usize, overlap: usize) -> Vec<usize> {
+    let stride = tile - overlap;
+    let mut starts = Vec::new();
+    let mut start = 0;
+    loop {
+        if start + tile >= len {
+            starts.push(len - tile);
+            return starts;
+        }
+        starts.push(start);
+        start += stride;
+    }
+}
+
 /// The tiles covering `len` positions with tiles of `tile` positions: one tile of `len`
 /// when it fits; otherwise tiles every `tile - 2 * margin` positions, the last one flush
 /// with the end. The owned parts partition `0..len`, and each lies at least `margin`
@@ -31,11 +47,9 @@ pub fn spans(len: usize, tile: usize, margin: usize) -> Vec<Span> {
     if len <= tile {
         return vec![Span { start: 0, own_start: 0, own_end: len }];
     }
-    let step = tile - 2 * margin;
-    let mut starts: Vec<usize> = (0..).map(|i| i * step).take_while(|&s| s + tile < len).collect();
-    starts.push(len - tile);
+    let starts = tile_starts(len, tile, 2 * margin);
     // Between neighbours the owner changes half way between their centres; neighbours are
-    // at most `step` apart, so that point is at least `margin` inside both tiles.
+    // at most `tile - 2 * margin` apart, so that point is at least `margin` inside both.
     let boundaries: Vec<usize> = starts.windows(2).map(|w| (w[0] + w[1] + tile) / 2).collect();
     starts
         .iter()

@@ -14,23 +14,8 @@
 //! tile reproduces the untiled prediction bit for bit, and a tile larger than the latent
 //! shrinks to the latent's side.
 
+use crate::tiling::tile_starts;
 use candle_core::{bail, Device, Result, Tensor, D};
-
-/// Where tiles of one side length start along one axis of length `len`: every
-/// `tile - overlap`, the last one flush with the end. `tile` is at most `len`.
-fn tile_starts(len: usize, tile: usize, overlap: usize) -> Vec<usize> {
-    let stride = tile - overlap;
-    let mut starts = Vec::new();
-    let mut start = 0;
-    loop {
-        if start + tile >= len {
-            starts.push(len - tile);
-            return starts;
-        }
-        starts.push(start);
-        start += stride;
-    }
-}
 
 /// The weight of each position along a tile side of `len`: `sin²` ramps over the first
 /// and the last `overlap` positions (sampled at pixel centres, so never 0), 1 between.
