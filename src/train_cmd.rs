@@ -35,6 +35,11 @@ pub struct TrainArgs {
     /// this step (fixed by the run: extending --steps on resume does not stretch it).
     #[arg(long, value_name = "STEP")]
     lr_decay_until: Option<u64>,
+    /// Start the decay at this step instead of at the end of the warm-up. A run resumed at or
+    /// before this step may add the decay then (a cool-down of a run that trained at a
+    /// constant rate).
+    #[arg(long, value_name = "STEP", requires = "lr_decay_until")]
+    lr_decay_from: Option<u64>,
     /// Where the cosine decay ends, as a share of --lr.
     #[arg(long, default_value_t = 0.1, requires = "lr_decay_until")]
     lr_final_ratio: f64,
@@ -173,7 +178,11 @@ fn config_from_args(args: &TrainArgs) -> Result<TrainConfig> {
     if !(0.0..=1.0).contains(&args.lr_final_ratio) {
         bail!("--lr-final-ratio must be between 0 and 1, got {}", args.lr_final_ratio);
     }
-    cfg.lr_decay = args.lr_decay_until.map(|until_step| LrDecay { until_step, final_ratio: args.lr_final_ratio });
+    cfg.lr_decay = args.lr_decay_until.map(|until_step| LrDecay {
+        from_step: args.lr_decay_from.unwrap_or(0),
+        until_step,
+        final_ratio: args.lr_final_ratio,
+    });
     cfg.seed = args.seed;
     cfg.ema_decay = args.ema_decay;
     cfg.presets = args.preset.clone();

@@ -106,7 +106,7 @@ fn the_learning_rate_decays_as_configured_across_a_resume() {
     let run = |steps| {
         let mut cfg = tiny_run(ModelKind::Fast, &data, steps);
         cfg.validate_sprites = 0;
-        cfg.lr_decay = Some(LrDecay { until_step: 5, final_ratio: 0.2 });
+        cfg.lr_decay = Some(LrDecay { from_step: 0, until_step: 5, final_ratio: 0.2 });
         cfg
     };
     train(&run(4), &out, &mut |_, _| {}).unwrap();
@@ -127,6 +127,41 @@ fn the_learning_rate_decays_as_configured_across_a_resume() {
         assert!((lr - want).abs() < 1e-12, "step {step}: lr {lr}, want {want}");
     }
     assert!((cfg.optim.lr * 0.2 - cfg.optim.lr * lr_scale(6, cfg.warmup_steps, cfg.lr_decay)).abs() < 1e-15, "the last steps run at the floor");
+}
+
+/// A run trained at a constant rate may be resumed with a decay that starts at or after the
+/// step it resumes from (its past rates are unchanged), and the decay then applies; a decay
+/// that would have changed a step already trained is refused.
+#[test]
+fn a_resumed_run_may_add_a_decay_only_where_it_has_not_been() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("sprites");
+    write_sprites(&data);
+    let out = tmp.path().join("run");
+    let run = |steps, decay| {
+        let mut cfg = tiny_run(ModelKind::Fast, &data, steps);
+        cfg.validate_sprites = 0;
+        cfg.lr_decay = decay;
+        cfg
+    };
+    train(&run(4, None), &out, &mut |_, _| {}).unwrap();
+    let too_early = Some(LrDecay { from_step: 2, until_step: 6, final_ratio: 0.2 });
+    let err = train(&run(6, too_early), &out, &mut |_, _| {}).unwrap_err();
+    assert!(err.to_string().contains("another configuration"), "{err}");
+    let cool_down = Some(LrDecay { from_step: 4, until_step: 6, final_ratio: 0.2 });
+    assert_eq!(train(&run(6, cool_down), &out, &mut |_, _| {}).unwrap().resumed_from, Some(4));
+    let lrs: Vec<f64> = std::fs::read_to_string(out.join("log.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|line| serde_json::from_str::<serde_json::Value>(line).unwrap()["lr"].as_f64().unwrap())
+        .collect();
+    let cfg = run(6, cool_down);
+    assert_eq!(lrs.len(), 6);
+    for (i, lr) in lrs.iter().enumerate() {
+        let want = cfg.optim.lr * lr_scale(i as u64, cfg.warmup_steps, cool_down);
+        assert!((lr - want).abs() < 1e-12, "step {}: lr {lr}, want {want}", i + 1);
+    }
+    assert!(lrs[5] < lrs[3], "the cool-down lowered the rate: {lrs:?}");
 }
 
 #[test]

@@ -58,11 +58,16 @@ impl TrainPart {
     }
 }
 
-/// A cosine decay of the learning rate from the end of the warm-up to `until_step`, where it
-/// reaches `final_ratio` times the peak and stays. Fixed in the run's config (not tied to
-/// `steps`, which a resumed run may extend), so a resumed run follows the same schedule.
+/// A cosine decay of the learning rate from `from_step` (or the end of the warm-up, if later)
+/// to `until_step`, where it reaches `final_ratio` times the peak and stays. Fixed in the
+/// run's config (not tied to `steps`, which a resumed run may extend), so a resumed run
+/// follows the same schedule; a decay that starts at or after the step a run resumes from
+/// leaves its past unchanged and may be added then (see [`train`]).
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct LrDecay {
+    /// 0 (the default of configs written before it existed): from the end of the warm-up.
+    #[serde(default)]
+    pub from_step: u64,
     pub until_step: u64,
     pub final_ratio: f64,
 }
@@ -73,13 +78,17 @@ pub fn lr_scale(step: u64, warmup: u64, decay: Option<LrDecay>) -> f64 {
     if step < warmup {
         return (step + 1) as f64 / warmup as f64;
     }
-    match decay {
-        Some(LrDecay { until_step, final_ratio }) if until_step > warmup => {
-            let progress = ((step - warmup) as f64 / (until_step - warmup) as f64).min(1.0);
-            final_ratio + (1.0 - final_ratio) * 0.5 * (1.0 + (std::f64::consts::PI * progress).cos())
-        }
-        Some(LrDecay { final_ratio, .. }) => final_ratio,
-        None => 1.0,
+    let Some(LrDecay { from_step, until_step, final_ratio }) = decay else {
+        return 1.0;
+    };
+    let start = from_step.max(warmup);
+    if step < start {
+        1.0
+    } else if until_step > start {
+        let progress = ((step - start) as f64 / (until_step - start) as f64).min(1.0);
+        final_ratio + (1.0 - final_ratio) * 0.5 * (1.0 + (std::f64::consts::PI * progress).cos())
+    } else {
+        final_ratio
     }
 }
 
@@ -340,16 +349,22 @@ fn write_plot(out: &Path) -> Result<()> {
 /// Whether a checkpoint made with `saved` can continue as `cfg`: everything that shapes
 /// the model, the data and the optimisation must agree; how long the run is and how often
 /// it logs, checkpoints and validates may change (so a run can be extended).
-fn same_run(saved: &TrainConfig, cfg: &TrainConfig) -> Result<bool> {
+/// Whether `cfg` may resume a run that `saved` trained up to step `done`: the same run but for
+/// its length, its logging and checkpoint intervals, and a learning-rate schedule that may
+/// change only where the run has not been yet (every step before `done` keeps its rate).
+fn same_run(saved: &TrainConfig, cfg: &TrainConfig, done: u64) -> Result<bool> {
     let schedule_free = |c: &TrainConfig| -> Result<String> {
         let mut c = c.clone();
         c.steps = 0;
         c.log_every = 0;
         c.checkpoint_every = 0;
         c.validate_every = 0;
+        c.lr_decay = None;
         Ok(serde_json::to_string(&c)?)
     };
-    Ok(schedule_free(saved)? == schedule_free(cfg)?)
+    let same_past_rates =
+        (0..done).all(|step| lr_scale(step, saved.warmup_steps, saved.lr_decay) == lr_scale(step, cfg.warmup_steps, cfg.lr_decay));
+    Ok(same_past_rates && schedule_free(saved)? == schedule_free(cfg)?)
 }
 
 /// Outcome of a run.
@@ -432,13 +447,15 @@ pub fn train(cfg: &TrainConfig, out: &Path, on_step: &mut dyn FnMut(u64, f64)) -
     if ckpt_path.exists() {
         let (tensors, meta) = checkpoint::load(&ckpt_path, &device)?;
         let saved: TrainConfig = serde_json::from_str(meta.get("config").context("checkpoint without config")?)?;
-        if !same_run(&saved, cfg)? {
+        step = meta.get("step").context("checkpoint without step")?.parse()?;
+        if !same_run(&saved, cfg, step)? {
             bail!(
-                "{} was made by another configuration; use another --out folder, or delete the checkpoint to start over",
+                "{} was made by another configuration (a resumed run may change only --steps, the intervals, \
+                 and a learning-rate decay that starts at or after its step {step}); use another --out folder, \
+                 or delete the checkpoint to start over",
                 ckpt_path.display()
             );
         }
-        step = meta.get("step").context("checkpoint without step")?.parse()?;
         for (name, var) in &vars {
             var.set(tensors.get(&format!("model.{name}")).with_context(|| format!("checkpoint lacks model.{name}"))?)?;
         }
@@ -581,24 +598,29 @@ mod tests {
     use proptest::prelude::*;
 
     proptest! {
-        /// The warm-up rises to the peak, the decay never rises, stays within
-        /// [final_ratio, 1] and ends at final_ratio (tolerance 1e-12, rounding of cos).
+        /// Until the decay starts the rate is the undecayed one, exactly; then the decay
+        /// never rises, stays within [final_ratio, 1] and ends at final_ratio (tolerance
+        /// 1e-12, rounding of cos).
         #[test]
-        fn the_cosine_decay_falls_from_the_peak_to_its_floor(warmup in 0u64..200, length in 1u64..5000, final_ratio in 0.0f64..1.0) {
-            let decay = Some(LrDecay { until_step: warmup + length, final_ratio });
-            prop_assert!((lr_scale(warmup, warmup, decay) - 1.0).abs() < 1e-12);
+        fn the_cosine_decay_falls_from_the_peak_to_its_floor(warmup in 0u64..200, delay in 0u64..300, length in 1u64..5000, final_ratio in 0.0f64..1.0) {
+            let start = warmup + delay;
+            let decay = Some(LrDecay { from_step: start, until_step: start + length, final_ratio });
+            for step in 0..start {
+                prop_assert_eq!(lr_scale(step, warmup, decay), lr_scale(step, warmup, None));
+            }
+            prop_assert!((lr_scale(start, warmup, decay) - 1.0).abs() < 1e-12);
             if warmup > 0 {
                 prop_assert!((lr_scale(warmup - 1, warmup, decay) - 1.0).abs() < 1e-12);
                 prop_assert!(lr_scale(0, warmup, decay) <= 1.0 / warmup as f64 + 1e-12);
             }
             let mut previous = f64::INFINITY;
-            for step in (warmup..warmup + length + 10).step_by(((length / 50) as usize).max(1)) {
+            for step in (start..start + length + 10).step_by(((length / 50) as usize).max(1)) {
                 let scale = lr_scale(step, warmup, decay);
                 prop_assert!(scale <= previous + 1e-12 && scale >= final_ratio - 1e-12 && scale <= 1.0 + 1e-12);
                 previous = scale;
             }
-            prop_assert!((lr_scale(warmup + length, warmup, decay) - final_ratio).abs() < 1e-12);
-            prop_assert!((lr_scale(warmup + length + 1000, warmup, decay) - final_ratio).abs() < 1e-12);
+            prop_assert!((lr_scale(start + length, warmup, decay) - final_ratio).abs() < 1e-12);
+            prop_assert!((lr_scale(start + length + 1000, warmup, decay) - final_ratio).abs() < 1e-12);
         }
     }
 
