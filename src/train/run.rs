@@ -56,6 +56,12 @@ impl TrainPart {
             Self::Prior => name.starts_with("unet.") && !name.contains("spade"),
         }
     }
+
+    /// Whether the exported model holds every tensor (a whole model) rather than only the
+    /// trained ones (an adapter file, applied over its `--init` model).
+    fn exports_whole_model(self) -> bool {
+        self != Self::Adapter
+    }
 }
 
 /// A cosine decay of the learning rate from `from_step` (or the end of the warm-up, if later)
@@ -480,7 +486,7 @@ pub fn train(cfg: &TrainConfig, out: &Path, on_step: &mut dyn FnMut(u64, f64)) -
         for (name, var) in &vars {
             match ema_of.get(name.as_str()) {
                 Some(t) => export.insert(name.clone(), (*t).clone()),
-                None if cfg.train != TrainPart::Adapter => export.insert(name.clone(), var.as_tensor().clone()),
+                None if cfg.train.exports_whole_model() => export.insert(name.clone(), var.as_tensor().clone()),
                 None => None,
             };
         }
@@ -574,7 +580,7 @@ pub fn train(cfg: &TrainConfig, out: &Path, on_step: &mut dyn FnMut(u64, f64)) -
             // The EMA weights just exported (every validation step is a checkpoint step
             // or the last step when validate_every is a multiple of checkpoint_every),
             // built from memory rather than read back from the file just written.
-            let exported = cfg.train != TrainPart::Adapter && (step % cfg.checkpoint_every == 0 || step == cfg.steps);
+            let exported = cfg.train.exports_whole_model() && (step % cfg.checkpoint_every == 0 || step == cfg.steps);
             let eval_model = match exported {
                 true => Some(PixelRestorer::new(VarBuilder::from_tensors(export_tensors(&ema), DType::F32, &device), &cfg.model)?),
                 false => None,
