@@ -503,7 +503,7 @@ pub fn train(cfg: &TrainConfig, out: &Path, on_step: &mut dyn FnMut(u64, f64)) -
         tensors.extend(opt.state());
         tensors.extend(critic.map(Critic::state).unwrap_or_default());
         let meta: HashMap<String, String> = [("step".to_string(), step.to_string()), ("config".to_string(), config_json.clone())].into();
-        checkpoint::save(&ckpt_path, &tensors, &meta)?;
+        checkpoint::save_sharded(&ckpt_path, &tensors, &meta, checkpoint::MAX_FILE_BYTES)?;
         let export = export_tensors(ema);
         let meta: HashMap<String, String> = [("step".to_string(), step.to_string()), ("train".to_string(), format!("{:?}", cfg.train))].into();
         save_model_dir(&out.join("model"), &cfg.model, &export, &meta)
