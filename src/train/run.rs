@@ -352,12 +352,11 @@ fn write_plot(out: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Whether a checkpoint made with `saved` can continue as `cfg`: everything that shapes
-/// the model, the data and the optimisation must agree; how long the run is and how often
-/// it logs, checkpoints and validates may change (so a run can be extended).
-/// Whether `cfg` may resume a run that `saved` trained up to step `done`: the same run but for
-/// its length, its logging and checkpoint intervals, and a learning-rate schedule that may
-/// change only where the run has not been yet (every step before `done` keeps its rate).
+/// Whether a checkpoint that `saved` trained up to step `done` can continue as `cfg`:
+/// everything that shapes the model, the data and the optimisation must agree; how long the
+/// run is and how often it logs, checkpoints and validates may change (so a run can be
+/// extended), and so may the learning-rate decay where the run has not been yet (every step
+/// before `done` keeps its rate).
 fn same_run(saved: &TrainConfig, cfg: &TrainConfig, done: u64) -> Result<bool> {
     let schedule_free = |c: &TrainConfig| -> Result<String> {
         let mut c = c.clone();
