@@ -95,6 +95,14 @@ fn an_interrupted_run_resumes_exactly() {
     }
 }
 
+/// A tiny fast-model run of `steps` without validation, with the learning-rate `decay`.
+fn run_with_decay(data: &Path, steps: u64, decay: Option<LrDecay>) -> TrainConfig {
+    let mut cfg = tiny_run(ModelKind::Fast, data, steps);
+    cfg.validate_sprites = 0;
+    cfg.lr_decay = decay;
+    cfg
+}
+
 /// Asserts that `out/log.jsonl` logs every step of `cfg` with the learning rate its schedule
 /// gives (tolerance 1e-12).
 fn assert_logged_rates_follow(out: &Path, cfg: &TrainConfig) {
@@ -122,12 +130,7 @@ fn the_learning_rate_decays_as_configured_across_a_resume() {
     let data = tmp.path().join("sprites");
     write_sprites(&data);
     let out = tmp.path().join("run");
-    let run = |steps| {
-        let mut cfg = tiny_run(ModelKind::Fast, &data, steps);
-        cfg.validate_sprites = 0;
-        cfg.lr_decay = Some(LrDecay { from_step: 0, until_step: 5, final_ratio: 0.2 });
-        cfg
-    };
+    let run = |steps| run_with_decay(&data, steps, Some(LrDecay { from_step: 0, until_step: 5, final_ratio: 0.2 }));
     train(&run(4), &out, &mut |_, _| {}).unwrap();
     assert_eq!(train(&run(7), &out, &mut |_, _| {}).unwrap().resumed_from, Some(4));
     let cfg = run(7);
@@ -144,12 +147,7 @@ fn a_resumed_run_may_add_a_decay_only_where_it_has_not_been() {
     let data = tmp.path().join("sprites");
     write_sprites(&data);
     let out = tmp.path().join("run");
-    let run = |steps, decay| {
-        let mut cfg = tiny_run(ModelKind::Fast, &data, steps);
-        cfg.validate_sprites = 0;
-        cfg.lr_decay = decay;
-        cfg
-    };
+    let run = |steps, decay| run_with_decay(&data, steps, decay);
     train(&run(4, None), &out, &mut |_, _| {}).unwrap();
     let too_early = Some(LrDecay { from_step: 2, until_step: 6, final_ratio: 0.2 });
     let err = train(&run(6, too_early), &out, &mut |_, _| {}).unwrap_err();

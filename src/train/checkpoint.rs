@@ -61,7 +61,7 @@ pub fn save_sharded(path: &Path, tensors: &HashMap<String, Tensor>, metadata: &H
         head_metadata.insert(SHARDS_KEY.to_string(), serde_json::to_string(&shard_names)?);
     }
     write_file(path, &groups[0], &head_metadata)?;
-    remove_stale_shards(&dir, &stem, &shard_names)
+    remove_stale_shards(dir, &stem, &shard_names)
 }
 
 /// Reads a file written by [`save`] or [`save_sharded`] (with its shards), or any
@@ -91,9 +91,8 @@ fn sorted_by_name(tensors: &HashMap<String, Tensor>) -> Vec<(&String, &Tensor)> 
 fn write_file(path: &Path, tensors: &[(&String, &Tensor)], metadata: &HashMap<String, String>) -> Result<()> {
     let bytes = safetensors::serialize(tensors.iter().copied(), Some(metadata.clone()))
         .with_context(|| format!("serialising checkpoint {}", path.display()))?;
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    }
+    let dir = folder_of(path);
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     write_atomic(path, &bytes).with_context(|| format!("writing checkpoint {}", path.display()))
 }
 
@@ -107,11 +106,15 @@ fn load_file(path: &Path, device: &Device) -> Result<(HashMap<String, Tensor>, H
     Ok((tensors, metadata))
 }
 
-/// The file name without `.safetensors`, and the folder (`.` for a bare file name).
-fn stem_and_dir(path: &Path) -> Result<(String, std::path::PathBuf)> {
+/// The folder a file is in (`.` for a bare file name).
+fn folder_of(path: &Path) -> &Path {
+    path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."))
+}
+
+/// The file name without `.safetensors`, and the folder.
+fn stem_and_dir(path: &Path) -> Result<(String, &Path)> {
     let stem = path.file_stem().and_then(|s| s.to_str()).with_context(|| format!("{} has no file name", path.display()))?;
-    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    Ok((stem.to_string(), dir.to_path_buf()))
+    Ok((stem.to_string(), folder_of(path)))
 }
 
 /// Removes `<stem>.shard-*.safetensors` files in `dir` other than `keep`: shards of earlier
