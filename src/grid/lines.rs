@@ -1,4 +1,5 @@
-//! Placing each grid line on its own.
+//! Placing each grid line on its own, or keeping the comb's regular lines
+//! ([`regular_lines`]; the grid analysis chooses).
 //!
 //! Generator output is not on a regular grid: cells differ in size by a pixel or two and
 //! the lines drift away from any regular comb. Given the fitted period `p`, the lines are
@@ -80,6 +81,70 @@ pub fn place_lines(profile: &[f32], comb: &CombFit) -> Vec<f32> {
     }
     lines.reverse();
     lines
+}
+
+/// The comb's own lines strictly inside `(0, len)`: every `period` from its phase.
+pub fn regular_lines(len: f32, comb: &CombFit) -> Vec<f32> {
+    if !(comb.period > 0.0) {
+        return Vec::new();
+    }
+    let first = comb.phase.rem_euclid(comb.period);
+    let first = if first > 0.0 { first } else { comb.period };
+    (0..).map(|k| first + k as f32 * comb.period).take_while(|&x| x < len).collect()
+}
+
+/// Which of a comb's parameters [`fit_to_placed_lines`] may change: those the user did not
+/// give.
+#[derive(Clone, Copy, Debug)]
+pub struct FreeParameters {
+    pub period: bool,
+    pub phase: bool,
+}
+
+/// The regular comb that the placed lines (from [`place_lines`]) follow best: by least
+/// squares of each line's position on its tooth's index. The comb's own period and phase
+/// are fitted to the edge profile on a one-pixel lattice; some tens of placed lines, each
+/// off by their own noise, pin both down finer. Lines more than a quarter period from
+/// their tooth (where the placement followed something else) do not count; with fewer
+/// than two left the comb stays.
+pub fn fit_to_placed_lines(comb: &CombFit, placed: &[f32], free: FreeParameters) -> CombFit {
+    let p = comb.period;
+    // (tooth index, position) of every line near its tooth.
+    let near: Vec<(f64, f64)> = placed
+        .iter()
+        .filter_map(|&x| {
+            let k = ((x - comb.phase) / p).round();
+            let off = x - (comb.phase + k * p);
+            (off.abs() <= 0.25 * p).then_some((f64::from(k), f64::from(x)))
+        })
+        .collect();
+    if near.len() < 2 {
+        return *comb;
+    }
+    let n = near.len() as f64;
+    let (phase, period) = (f64::from(comb.phase), f64::from(p));
+    let (phase, period) = match (free.period, free.phase) {
+        (true, true) => {
+            let (mk, mx) = (near.iter().map(|v| v.0).sum::<f64>() / n, near.iter().map(|v| v.1).sum::<f64>() / n);
+            let skk: f64 = near.iter().map(|v| (v.0 - mk).powi(2)).sum();
+            if skk == 0.0 {
+                return *comb;
+            }
+            let slope = near.iter().map(|v| (v.0 - mk) * (v.1 - mx)).sum::<f64>() / skk;
+            (mx - slope * mk, slope)
+        }
+        (true, false) => {
+            let kk: f64 = near.iter().map(|v| v.0 * v.0).sum();
+            if kk == 0.0 {
+                return *comb;
+            }
+            (phase, near.iter().map(|v| v.0 * (v.1 - phase)).sum::<f64>() / kk)
+        }
+        (false, true) => (near.iter().map(|v| v.1 - v.0 * period).sum::<f64>() / n, period),
+        (false, false) => (phase, period),
+    };
+    let period = period as f32;
+    CombFit { period, phase: (phase as f32).rem_euclid(period), ..*comb }
 }
 
 /// The profile's local maxima on the lattice, each at its sub-pixel vertex.
