@@ -10,8 +10,8 @@
 //!    which follows non-uniform and drifting cells.
 //! 4. Placed or regular ([`choose_lines`]): on a regular grid the placed lines only follow
 //!    noise (a smooth upscale moves the edge profile's peaks off the cell boundaries), so
-//!    each axis keeps the comb's own lines unless its placed lines explain the image
-//!    clearly better.
+//!    each axis keeps the regular comb, its period and phase refined from the whole profile
+//!    ([`lines::refine_comb`]), unless its placed lines explain the image clearly better.
 //!
 //! Partial cells at the borders are kept when at least [`MIN_PARTIAL_CELL`] of a cell is
 //! visible. When one axis shows no grid but the other does, cells are taken to be square
@@ -136,7 +136,7 @@ pub fn analyse(img: &RgbaImage, opts: &GridOptions) -> Result<Grid, GridError> {
         let placed = lines::place_lines(profile, comb);
         // What the user gave stands.
         let free = lines::FreeParameters { period: fixed.is_none(), phase: opts.offset.is_none() };
-        let regular = lines::fit_to_placed_lines(comb, &placed, free);
+        let regular = lines::refine_comb(profile, comb, free);
         [bordered(lines::regular_lines(len as f32, &regular)), bordered(placed)]
     };
     let (x_lines, y_lines) = choose_lines(img, candidates(&profiles.x, &fx, w), candidates(&profiles.y, &fy, h));
