@@ -131,15 +131,19 @@ pub fn analyse(img: &RgbaImage, opts: &GridOptions) -> Result<Grid, GridError> {
     let (Some(fx), Some(fy)) = (fx, fy) else {
         return Err(GridError::NoGrid { confidence: 0.0, min: opts.min_confidence });
     };
+    // Per axis: the regular comb refined (its lines first) and the lines placed one by one.
     let candidates = |profile: &[f32], comb: &CombFit, len: u32| {
         let bordered = |interior| with_borders(interior, len as f32, comb.period);
-        let placed = lines::place_lines(profile, comb);
         // What the user gave stands.
         let free = lines::FreeParameters { period: fixed.is_none(), phase: opts.offset.is_none() };
         let regular = lines::refine_comb(profile, comb, free);
-        [bordered(lines::regular_lines(len as f32, &regular)), bordered(placed)]
+        ([bordered(lines::regular_lines(len as f32, &regular)), bordered(lines::place_lines(profile, comb))], regular)
     };
-    let (x_lines, y_lines) = choose_lines(img, candidates(&profiles.x, &fx, w), candidates(&profiles.y, &fy, h));
+    let ((x_candidates, regular_x), (y_candidates, regular_y)) = (candidates(&profiles.x, &fx, w), candidates(&profiles.y, &fy, h));
+    let (x_choice, y_choice) = choose_lines(img, &x_candidates, &y_candidates);
+    // Regular lines report the refined comb they follow; placed ones the comb they started from.
+    let (fx, fy) = (if x_choice == 0 { regular_x } else { fx }, if y_choice == 0 { regular_y } else { fy });
+    let [x_lines, y_lines] = [(x_candidates, x_choice), (y_candidates, y_choice)].map(|(mut c, i)| std::mem::take(&mut c[i]));
     Ok(Grid {
         x_lines,
         y_lines,
@@ -180,15 +184,16 @@ fn fixed_periods(w: u32, h: u32, opts: &GridOptions) -> Result<Option<(f32, f32)
 const PLACED_LINES_MIN_GAIN: f64 = 1.04;
 
 /// Chooses, per axis, between the comb's regular lines (`[0]`) and the lines placed one by
-/// one (`[1]`): the pair whose cells explain `img` best as flat cells (least
-/// [`within_cell_residual`]), where each axis with placed lines must earn its freedom by
-/// [`PLACED_LINES_MIN_GAIN`]. Freely placed lines always fit the noise a little, and on a
-/// regular grid each line they move off a cell boundary mixes two cells' pixels.
-fn choose_lines(img: &RgbaImage, x: [Vec<f32>; 2], y: [Vec<f32>; 2]) -> (Vec<f32>, Vec<f32>) {
+/// one (`[1]`), and returns the two indices: the pair whose cells explain `img` best as
+/// flat cells (least [`within_cell_residual`]), where each axis with placed lines must earn
+/// its freedom by [`PLACED_LINES_MIN_GAIN`]. Freely placed lines always fit the noise a
+/// little, and on a regular grid each line they move off a cell boundary mixes two cells'
+/// pixels.
+fn choose_lines(img: &RgbaImage, x: &[Vec<f32>; 2], y: &[Vec<f32>; 2]) -> (usize, usize) {
     let pixels = PremultipliedPixels::new(img);
     let alike = |axis: &[Vec<f32>; 2]| axis[0] == axis[1];
-    let x_choices: &[usize] = if alike(&x) { &[0] } else { &[0, 1] };
-    let y_choices: &[usize] = if alike(&y) { &[0] } else { &[0, 1] };
+    let x_choices: &[usize] = if alike(x) { &[0] } else { &[0, 1] };
+    let y_choices: &[usize] = if alike(y) { &[0] } else { &[0, 1] };
     let mut best = (f64::INFINITY, 0, 0);
     for &i in x_choices {
         for &j in y_choices {
@@ -198,9 +203,7 @@ fn choose_lines(img: &RgbaImage, x: [Vec<f32>; 2], y: [Vec<f32>; 2]) -> (Vec<f32
             }
         }
     }
-    let [x0, x1] = x;
-    let [y0, y1] = y;
-    (if best.1 == 0 { x0 } else { x1 }, if best.2 == 0 { y0 } else { y1 })
+    (best.1, best.2)
 }
 
 /// An image's pixels as premultiplied RGBA in 0-255, row by row.
