@@ -117,12 +117,18 @@ pub fn refine_comb(profile: &[f32], comb: &CombFit, free: FreeParameters) -> Com
     // leak into the fundamental through the profile's ends.
     let mean = profile.iter().map(|&v| f64::from(v)).sum::<f64>() / profile.len().max(1) as f64;
     let fundamental = |period: f64| -> (f64, f64) {
-        let w = -std::f64::consts::TAU / period;
-        profile.iter().enumerate().fold((0.0, 0.0), |(re, im), (x, &v)| {
-            let (sin, cos) = (w * x as f64).sin_cos();
+        // exp(-2 pi i x / period) by rotating a unit phasor one pixel at a time (f64 keeps
+        // its drift negligible over any image's width).
+        let (step_sin, step_cos) = (-std::f64::consts::TAU / period).sin_cos();
+        let (mut cos, mut sin) = (1.0f64, 0.0f64);
+        let (mut re, mut im) = (0.0, 0.0);
+        for &v in profile {
             let v = f64::from(v) - mean;
-            (re + v * cos, im + v * sin)
-        })
+            re += v * cos;
+            im += v * sin;
+            (cos, sin) = (cos * step_cos - sin * step_sin, sin * step_cos + cos * step_sin);
+        }
+        (re, im)
     };
     let strength = |period: f64| {
         let (re, im) = fundamental(period);

@@ -206,42 +206,54 @@ fn choose_lines(img: &RgbaImage, x: &[Vec<f32>; 2], y: &[Vec<f32>; 2]) -> (usize
     (best.1, best.2)
 }
 
-/// An image's pixels as premultiplied RGBA in 0-255, row by row.
+/// Pixels that [`within_cell_residual`] reads at most: larger images are read on a
+/// sparser lattice (every `stride`-th row and column), the same for every candidate.
+const MAX_RESIDUAL_PIXELS: usize = 1 << 18;
+
+/// An image's pixels, every `stride`-th row and column, as premultiplied RGBA in 0-255,
+/// row by row.
 struct PremultipliedPixels {
+    /// Image width and height.
     width: usize,
+    height: usize,
+    stride: usize,
     values: Vec<[f32; 4]>,
 }
 
 impl PremultipliedPixels {
     fn new(img: &RgbaImage) -> Self {
-        let values = img
-            .pixels()
-            .map(|p| {
+        let (width, height) = (img.width() as usize, img.height() as usize);
+        let stride = ((width * height) as f64 / MAX_RESIDUAL_PIXELS as f64).sqrt().ceil().max(1.0) as usize;
+        let values = (0..height)
+            .step_by(stride)
+            .flat_map(|y| (0..width).step_by(stride).map(move |x| (x, y)))
+            .map(|(x, y)| {
+                let p = img.get_pixel(x as u32, y as u32);
                 let a = f32::from(p[3]) / 255.0;
                 [f32::from(p[0]) * a, f32::from(p[1]) * a, f32::from(p[2]) * a, f32::from(p[3])]
             })
             .collect();
-        Self { width: img.width() as usize, values }
+        Self { width, height, stride, values }
     }
 }
 
-/// The squared distance of every pixel from the mean of its cell, summed over the image
-/// and the four premultiplied channels: how badly flat cells between these lines (each
+/// The squared distance of every pixel read from the mean of its cell, summed over the
+/// image and the four premultiplied channels: how badly flat cells between these lines (each
 /// with its image borders) explain the image. A pixel belongs to the cell its centre
 /// falls in.
 fn within_cell_residual(pixels: &PremultipliedPixels, x_lines: &[f32], y_lines: &[f32]) -> f64 {
-    let height = pixels.values.len() / pixels.width.max(1);
+    // The cell of each pixel read along an axis.
     let cell_of = |lines: &[f32], len: usize| -> Vec<usize> {
         let last = lines.len().saturating_sub(2);
-        (0..len).map(|p| lines.partition_point(|&l| l <= p as f32 + 0.5).saturating_sub(1).min(last)).collect()
+        (0..len).step_by(pixels.stride).map(|p| lines.partition_point(|&l| l <= p as f32 + 0.5).saturating_sub(1).min(last)).collect()
     };
-    let (col_of, row_of) = (cell_of(x_lines, pixels.width), cell_of(y_lines, height));
+    let (col_of, row_of) = (cell_of(x_lines, pixels.width), cell_of(y_lines, pixels.height));
     let cols = x_lines.len().saturating_sub(1).max(1);
     let cells = cols * y_lines.len().saturating_sub(1).max(1);
     // Per cell: the channel sums, the sum of squares and the pixel count.
     let mut sums = vec![([0f64; 4], 0f64, 0u32); cells];
     for (i, v) in pixels.values.iter().enumerate() {
-        let cell = &mut sums[row_of[i / pixels.width] * cols + col_of[i % pixels.width]];
+        let cell = &mut sums[row_of[i / col_of.len()] * cols + col_of[i % col_of.len()]];
         for c in 0..4 {
             let v = f64::from(v[c]);
             cell.0[c] += v;
