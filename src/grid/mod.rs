@@ -339,19 +339,10 @@ mod tests {
     /// moves off the boundaries (measured before the choice: lines up to 1 px off).
     #[test]
     fn smooth_upscales_on_a_regular_grid_keep_regular_lines() {
-        use crate::degrade::{degrade, DegradeConfig, Kernel};
+        use crate::degrade::{degrade, DegradeConfig, Preset};
         for (i, scale) in [3.0f32, 4.0, 5.0, 5.0].into_iter().enumerate() {
-            let cfg = DegradeConfig {
-                scale: [scale, scale],
-                kernels: vec![Kernel::Bicubic],
-                phase_probability: 1.0,
-                phase: [0.0, 0.125],
-                blur_probability: 1.0,
-                blur_sigma: [0.4, 0.8],
-                noise_probability: 1.0,
-                noise_sigma: [3.0, 3.0],
-                ..DegradeConfig::default()
-            };
+            // The `seed` preset at one scale, always with a phase and a clear blur.
+            let cfg = DegradeConfig { scale: [scale, scale], phase_probability: 1.0, blur_sigma: [0.4, 0.8], ..Preset::Seed.config() };
             let degraded = degrade(&shaded_sprite(24, 20, i as u64), &cfg, 40 + i as u64);
             let truth = &degraded.params.grid;
             let g = analyse(&degraded.image, &GridOptions::default()).unwrap_or_else(|e| panic!("{scale}x: {e}"));
