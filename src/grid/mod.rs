@@ -190,10 +190,14 @@ const PLACED_LINES_MIN_GAIN: f64 = 1.04;
 /// little, and on a regular grid each line they move off a cell boundary mixes two cells'
 /// pixels.
 fn choose_lines(img: &RgbaImage, x: &[Vec<f32>; 2], y: &[Vec<f32>; 2]) -> (usize, usize) {
-    let pixels = PremultipliedPixels::new(img);
     let alike = |axis: &[Vec<f32>; 2]| axis[0] == axis[1];
     let x_choices: &[usize] = if alike(x) { &[0] } else { &[0, 1] };
     let y_choices: &[usize] = if alike(y) { &[0] } else { &[0, 1] };
+    if x_choices.len() == 1 && y_choices.len() == 1 {
+        // Placed lines that fell on the regular ones (sharp integer upscales): nothing to weigh.
+        return (0, 0);
+    }
+    let pixels = PremultipliedPixels::new(img);
     let mut best = (f64::INFINITY, 0, 0);
     for &i in x_choices {
         for &j in y_choices {
