@@ -85,7 +85,7 @@ pub fn place_lines(profile: &[f32], comb: &CombFit) -> Vec<f32> {
 
 /// The comb's own lines strictly inside `(0, len)`: every `period` from its phase.
 pub fn regular_lines(len: f32, comb: &CombFit) -> Vec<f32> {
-    if !(comb.period > 0.0) {
+    if comb.period.is_nan() || comb.period <= 0.0 {
         return Vec::new();
     }
     let first = comb.phase.rem_euclid(comb.period);
@@ -135,7 +135,7 @@ pub fn refine_comb(profile: &[f32], comb: &CombFit, free: FreeParameters) -> Com
         re * re + im * im
     };
     let mut period = f64::from(comb.period);
-    if !(period > 0.0) || profile.is_empty() {
+    if period.is_nan() || period <= 0.0 || profile.is_empty() {
         return *comb;
     }
     if free.period {
