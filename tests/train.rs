@@ -4,8 +4,16 @@
 use image::{imageops, Rgba, RgbaImage};
 use spritedx::pixel_restorer::{LoadedPixelRestorer, ModelKind, PixelRestorerConfig};
 use spritedx::train::run::{lr_scale, train, LrDecay, TrainConfig, TrainPart};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
+
+/// A temporary folder with the test sprites in its `sprites/`; it lives as long as the guard.
+fn temp_sprites() -> (tempfile::TempDir, PathBuf) {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("sprites");
+    write_sprites(&data);
+    (tmp, data)
+}
 
 /// A few 16x16 sprites in two categories (`dcss_mon_*`, `dcss_gui_*`), enough of them that
 /// both splits have some.
@@ -69,9 +77,7 @@ fn model_values(dir: &Path) -> Vec<(String, Vec<f32>)> {
 
 #[test]
 fn an_interrupted_run_resumes_exactly() {
-    let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("sprites");
-    write_sprites(&data);
+    let (tmp, data) = temp_sprites();
     for kind in [ModelKind::Fast, ModelKind::Diffusion] {
         let straight = tmp.path().join(format!("{kind:?}-straight"));
         let split = tmp.path().join(format!("{kind:?}-split"));
@@ -126,9 +132,7 @@ fn assert_logged_rates_follow(out: &Path, cfg: &TrainConfig) {
 /// resumed run that extends --steps (the decay's end is fixed by the config, not by it).
 #[test]
 fn the_learning_rate_decays_as_configured_across_a_resume() {
-    let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("sprites");
-    write_sprites(&data);
+    let (tmp, data) = temp_sprites();
     let out = tmp.path().join("run");
     let run = |steps| run_with_decay(&data, steps, Some(LrDecay { from_step: 0, until_step: 5, final_ratio: 0.2 }));
     train(&run(4), &out, &mut |_, _| {}).unwrap();
@@ -143,9 +147,7 @@ fn the_learning_rate_decays_as_configured_across_a_resume() {
 /// that would have changed a step already trained is refused.
 #[test]
 fn a_resumed_run_may_add_a_decay_only_where_it_has_not_been() {
-    let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("sprites");
-    write_sprites(&data);
+    let (tmp, data) = temp_sprites();
     let out = tmp.path().join("run");
     let run = |steps, decay| run_with_decay(&data, steps, decay);
     train(&run(4, None), &out, &mut |_, _| {}).unwrap();
@@ -161,9 +163,7 @@ fn a_resumed_run_may_add_a_decay_only_where_it_has_not_been() {
 
 #[test]
 fn the_adversarial_term_trains_a_critic_and_resumes_exactly() {
-    let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("sprites");
-    write_sprites(&data);
+    let (tmp, data) = temp_sprites();
     let run = |steps| {
         let mut cfg = tiny_run(ModelKind::Fast, &data, steps);
         cfg.losses.adversarial = 0.1;
@@ -195,9 +195,7 @@ fn the_adversarial_term_trains_a_critic_and_resumes_exactly() {
 
 #[test]
 fn fine_tuning_trains_and_saves_only_the_adapter() {
-    let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("sprites");
-    write_sprites(&data);
+    let (tmp, data) = temp_sprites();
     let base = tmp.path().join("base");
     let mut base_cfg = tiny_run(ModelKind::Diffusion, &data, 2);
     base_cfg.selection.exclude_categories = vec!["gui".into()];
@@ -242,9 +240,7 @@ fn fine_tuning_trains_and_saves_only_the_adapter() {
 
 #[test]
 fn the_prior_trains_the_unet_alone_and_the_adapter_then_conditions_it() {
-    let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("sprites");
-    write_sprites(&data);
+    let (tmp, data) = temp_sprites();
     let mut prior_cfg = tiny_run(ModelKind::Diffusion, &data, 2);
     prior_cfg.train = TrainPart::Prior;
     let prior = tmp.path().join("prior");
@@ -290,9 +286,7 @@ fn the_prior_trains_the_unet_alone_and_the_adapter_then_conditions_it() {
 
 #[test]
 fn trained_models_restore_at_true_resolution_and_repeat() {
-    let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("sprites");
-    write_sprites(&data);
+    let (tmp, data) = temp_sprites();
     for kind in [ModelKind::Fast, ModelKind::Diffusion] {
         let run = tmp.path().join(format!("{kind:?}"));
         train(&tiny_run(kind, &data, 1), &run, &mut |_, _| {}).unwrap();
@@ -312,9 +306,7 @@ fn trained_models_restore_at_true_resolution_and_repeat() {
 
 #[test]
 fn a_residual_diffusion_model_keeps_its_base_frozen_and_starts_from_its_encoder() {
-    let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("sprites");
-    write_sprites(&data);
+    let (tmp, data) = temp_sprites();
     let base = tmp.path().join("base");
     train(&tiny_run(ModelKind::Fast, &data, 2), &base, &mut |_, _| {}).unwrap();
     let base_model = base.join("model");
@@ -403,9 +395,7 @@ fn a_residual_diffusion_model_keeps_its_base_frozen_and_starts_from_its_encoder(
 #[test]
 fn several_samples_per_input_are_averaged() {
     use spritedx::pixel_restorer::PixelRestorer;
-    let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("sprites");
-    write_sprites(&data);
+    let (tmp, data) = temp_sprites();
     let run = tmp.path().join("run");
     train(&tiny_run(ModelKind::Diffusion, &data, 1), &run, &mut |_, _| {}).unwrap();
     let mut model = LoadedPixelRestorer::load(&run.join("model"), None).unwrap();
@@ -445,9 +435,7 @@ fn fitted_cells_are_the_fast_models_anchor_and_train_end_to_end() {
     assert!(format!("{err}").contains("fitted cells"), "{err}");
 
     // Trained, and refined by a residual diffusion model, which takes its base's input.
-    let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("sprites");
-    write_sprites(&data);
+    let (tmp, data) = temp_sprites();
     let mut run = tiny_run(ModelKind::Fast, &data, 2);
     run.model = cfg.clone();
     let fast = tmp.path().join("fast");
