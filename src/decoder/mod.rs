@@ -20,6 +20,9 @@
 //!    or when almost every cell has a colour of its own, at least about one just-noticeable
 //!    difference merges). Each automatic colour is then
 //!    the per-channel median of its cells, not their mean, which clipped drift biases;
+//!    where [`deconvolve`] fitted a blur model, each cell then takes the palette colour
+//!    that explains the image best, and the automatic colours and that choice are refitted
+//!    to the image in turn ([`PALETTE_REFITS`] rounds);
 //! 3. binarises alpha at a threshold (or keeps the levels), optionally turns a flat
 //!    background into transparency and optionally removes isolated stray pixels.
 
@@ -53,6 +56,10 @@ const DRIFTED_CELL_SHARE: f32 = 0.3;
 const UNPALETTISED_SHARE: f32 = 0.3;
 /// OKLab distance below which two cell colours count as the same.
 const IDENTICAL_COLOURS: f32 = 1e-4;
+
+/// Rounds of refitting an automatic palette's colours to the image and reassigning the
+/// cells, when a blur model was fitted ([`deconvolve::BlurFit::refit_palette`]).
+const PALETTE_REFITS: usize = 2;
 
 /// Share of a cell's size, on each side, left out of its interior.
 pub const CELL_MARGIN: f32 = 0.2;
@@ -241,7 +248,9 @@ pub fn decode(cells: &CellColours, opts: &DecodeOptions) -> Decoded {
 
 /// [`decode`], where `fit` (the blur model [`deconvolve::refine`] fitted to the image, if
 /// any) chooses each cell's palette colour by what explains the image best
-/// ([`deconvolve::BlurFit::reassign`]), before strays and background are cleared.
+/// ([`deconvolve::BlurFit::reassign`]) and, for an automatic palette, refits the colours
+/// to the image ([`deconvolve::BlurFit::refit_palette`]), before strays and background are
+/// cleared. A user's palette is never changed.
 pub fn decode_fitted(cells: &CellColours, opts: &DecodeOptions, fit: Option<&deconvolve::BlurFit>) -> Decoded {
     let n = cells.colour.len();
     let visible: Vec<bool> = cells
@@ -254,7 +263,7 @@ pub fn decode_fitted(cells: &CellColours, opts: &DecodeOptions, fit: Option<&dec
         .collect();
     let visible_idx: Vec<usize> = (0..n).filter(|&i| visible[i]).collect();
     let samples: Vec<Oklab> = visible_idx.iter().map(|&i| cells.colour[i]).collect();
-    let (palette, assignment) = match &opts.palette {
+    let (mut palette, assignment) = match &opts.palette {
         PaletteChoice::Auto(auto) => {
             let nearest = nearest_neighbour_distances(cells, &visible);
             let unpalettised = is_unpalettised(&samples);
@@ -276,7 +285,7 @@ pub fn decode_fitted(cells: &CellColours, opts: &DecodeOptions, fit: Option<&dec
     for (&i, &k) in visible_idx.iter().zip(&assignment) {
         index[i] = Some(k);
     }
-    let draw = |index: &[Option<usize>]| {
+    let draw = |index: &[Option<usize>], palette: &Palette| {
         RgbaImage::from_fn(cells.cols, cells.rows, |x, y| {
             let i = (y * cells.cols + x) as usize;
             match index[i] {
@@ -293,7 +302,14 @@ pub fn decode_fitted(cells: &CellColours, opts: &DecodeOptions, fit: Option<&dec
         })
     };
     if let Some(fit) = fit {
-        fit.reassign(&draw(&index), &mut index, &palette.colours);
+        fit.reassign(&draw(&index, &palette), &mut index, &palette.colours);
+        if matches!(opts.palette, PaletteChoice::Auto(_)) {
+            // Colours and assignment each explain the image better given the other.
+            for _ in 0..PALETTE_REFITS {
+                fit.refit_palette(&draw(&index, &palette), &index, &mut palette.colours);
+                fit.reassign(&draw(&index, &palette), &mut index, &palette.colours);
+            }
+        }
     }
     if opts.remove_strays {
         remove_strays(&mut index, cells.cols as usize, cells.rows as usize);
@@ -301,7 +317,7 @@ pub fn decode_fitted(cells: &CellColours, opts: &DecodeOptions, fit: Option<&dec
     if opts.remove_background {
         remove_background(&mut index, cells.cols as usize, cells.rows as usize);
     }
-    let image = draw(&index);
+    let image = draw(&index, &palette);
     let used: Vec<[u8; 3]> = {
         let mut seen = vec![false; palette.colours.len()];
         index.iter().flatten().for_each(|&k| seen[k] = true);
