@@ -94,7 +94,7 @@ pub const MAX_INTERPOLATED_RESIDUAL_RATIO: f32 = 1.1;
 const CENSORED_REFITS: usize = 3;
 /// Choosing the model looks at every k-th pixel of an axis, with k leaving about this
 /// many per cell: large cells tell their blur as well from a few rows as from all of them.
-const SELECTION_SAMPLES_PER_CELL: f32 = 3.0;
+const SELECTION_SAMPLES_PER_CELL: f32 = 2.0;
 /// Models are compared on opaque pixels at least this far from any that is not: at alpha
 /// edges resizers clip an overshoot before they blur, which no linear model follows.
 const INTERIOR_RADIUS: usize = 2;
@@ -648,8 +648,9 @@ fn transposed(values: &[f32], width: usize) -> Vec<f32> {
 /// Rounds of re-estimating what clamping the upscale removed (see [`UpscaleClamp`]); each
 /// refits the cells once more.
 const CLAMP_ROUNDS: usize = 2;
-/// In choosing the family, an interpolating model is fitted with its clamp only when its
-/// residual without is at most this many times the nearest-neighbour model's.
+/// In choosing the family, an interpolating model is fitted with clipped samples censored
+/// only when its residual on the summed plane is at most this many times the
+/// nearest-neighbour model's, and with its clamp only when its censored residual is.
 const CLAMP_REACH: f32 = 2.0;
 /// How many blurs below its unclamped choice a ringing kernel is first fitted with its
 /// clamp (see [`refine`]).
@@ -892,9 +893,14 @@ pub fn refine(img: &RgbaImage, grid: &Grid, cells: &mut CellColours) -> Option<B
             .filter(|p| (p.model.kernel == Kernel::Nearest) == nearest)
             .map(|p| (p, fit(&summed, p, &summed_prior, &summed_prior, 0).residual))
             .min_by(|a, b| a.1.total_cmp(&b.1))
-            .map(|(p, _)| p)
     };
-    let (nearest, interpolated) = (family(true)?, family(false)?);
+    let ((nearest, summed_nearest), (interpolated, summed_interpolated)) = (family(true)?, family(false)?);
+    // Censoring and the clamp bring an interpolating model at most this close: beyond it
+    // the image is a nearest-neighbour one (most generator output), at the cost of the
+    // cheap fits alone.
+    if summed_interpolated > CLAMP_REACH * summed_nearest {
+        return None;
+    }
     let image = Planes::premultiplied(img);
     let selection = Observations::censored(image.sampled(grid, selection_stride));
     let clamps: Vec<(Kernel, UpscaleClamp)> = taps.kernels.iter().filter_map(|(k, _, _)| UpscaleClamp::new(&taps, *k).map(|c| (*k, c))).collect();
