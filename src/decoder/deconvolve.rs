@@ -919,13 +919,12 @@ pub fn refine(img: &RgbaImage, grid: &Grid, cells: &mut CellColours) -> Option<B
         return None;
     }
     // Which kernel and blur: on all four planes with clipped samples censored, since
-    // clipping biases plain least squares towards too little blur.
-    // Each fit starts from the previous one (the models come in order of blur).
-    // First without the clamp, all models; then each ringing kernel with its clamp, from
-    // [`CLAMPED_LESS_BLUR`] blurs below the one it was chosen at without, upwards until the
-    // residual rises past that one (cutting the ringing off reads as less blur, so the
-    // clamped choice is mostly at or above the unclamped one), each from the cells fitted
-    // there without the clamp.
+    // clipping biases plain least squares towards too little blur. First every model
+    // without the clamp, each fit starting from the previous one (the models come in order
+    // of blur); then each ringing kernel with its clamp, from [`CLAMPED_LESS_BLUR`] blurs
+    // below the one it was chosen at without, upwards until the residual rises past that
+    // one (cutting the ringing off also reads as less blur, so the clamped choice is mostly
+    // at or above the unclamped one), each from the cells fitted there without the clamp.
     let mut fits: Vec<Fit> = Vec::new();
     let mut start = prior_start.clone();
     for problem in problems.iter().filter(|p| p.model.kernel != Kernel::Nearest) {
@@ -933,7 +932,6 @@ pub fn refine(img: &RgbaImage, grid: &Grid, cells: &mut CellColours) -> Option<B
         start.planes.clone_from(&candidate.cells);
         fits.push(candidate);
     }
-    let least = |fits: &mut dyn Iterator<Item = Fit>| fits.min_by(|a, b| a.residual.total_cmp(&b.residual));
     let interpolating: Vec<&Problem> = problems.iter().filter(|p| p.model.kernel != Kernel::Nearest).collect();
     let mut clamped: Vec<Fit> = Vec::new();
     for (kernel, clamp) in &clamps {
@@ -952,7 +950,7 @@ pub fn refine(img: &RgbaImage, grid: &Grid, cells: &mut CellColours) -> Option<B
             }
         }
     }
-    let best = least(&mut fits.into_iter().filter(|f| clamp_of(f.model.kernel).is_none()).chain(clamped))?;
+    let best = fits.into_iter().filter(|f| clamp_of(f.model.kernel).is_none()).chain(clamped).min_by(|a, b| a.residual.total_cmp(&b.residual))?;
     let problem = Problem::new(&taps, best.model, (1, 1));
     let start = Planes { width: cols, height: rows, planes: best.cells, interior: vec![] };
     let refit = fit_clamped(&Observations::censored(image.sampled(grid, (1, 1))), &problem, clamp_of(best.model.kernel), (1, 1), &prior, &start, CENSORED_REFITS);
@@ -1151,16 +1149,15 @@ fn solve_symmetric(a: &mut [f64], b: &mut [[f64; 3]], m: usize) -> Option<Vec<[f
             a[i * m + j] = s / d;
         }
     }
-    // L y = b, then Lᵀ x = y.
+    // L y = b, then Lᵀ x = y, the three right-hand sides at once.
+    let less = |v: [f64; 3], w: f64, u: [f64; 3]| std::array::from_fn(|c| v[c] - w * u[c]);
     for i in 0..m {
-        for c in 0..3 {
-            b[i][c] = (b[i][c] - (0..i).map(|k| a[i * m + k] * b[k][c]).sum::<f64>()) / a[i * m + i];
-        }
+        let v = (0..i).fold(b[i], |v, k| less(v, a[i * m + k], b[k]));
+        b[i] = v.map(|x| x / a[i * m + i]);
     }
     for i in (0..m).rev() {
-        for c in 0..3 {
-            b[i][c] = (b[i][c] - (i + 1..m).map(|k| a[k * m + i] * b[k][c]).sum::<f64>()) / a[i * m + i];
-        }
+        let v = (i + 1..m).fold(b[i], |v, k| less(v, a[k * m + i], b[k]));
+        b[i] = v.map(|x| x / a[i * m + i]);
     }
     Some(b.to_vec())
 }
@@ -1199,6 +1196,20 @@ mod tests {
             ..DegradeConfig::default()
         };
         degrade(clean, &cfg, seed)
+    }
+
+    /// A bicubic upscale by `scale`, blurred by `blur`, with noise of σ 3 (the `seed`
+    /// preset at one scale and blur).
+    fn noisy_bicubic(scale: f32, blur: f32) -> DegradeConfig {
+        DegradeConfig {
+            scale: [scale, scale],
+            kernels: vec![Kernel::Bicubic],
+            blur_probability: 1.0,
+            blur_sigma: [blur, blur],
+            noise_probability: 1.0,
+            noise_sigma: [3.0, 3.0],
+            ..DegradeConfig::default()
+        }
     }
 
     /// The grid the degradation drew, with its outer lines on the image borders.
@@ -1361,16 +1372,7 @@ mod tests {
             let v = 40 + 16 * rng.random_range(0u8..5);
             image::Rgba([v, v / 2 + 40, 120, 255])
         });
-        let cfg = DegradeConfig {
-            scale: [2.0, 2.0],
-            kernels: vec![Kernel::Bicubic],
-            blur_probability: 1.0,
-            blur_sigma: [0.6, 0.6],
-            noise_probability: 1.0,
-            noise_sigma: [3.0, 3.0],
-            ..DegradeConfig::default()
-        };
-        let degraded = degrade(&clean, &cfg, 4);
+        let degraded = degrade(&clean, &noisy_bicubic(2.0, 0.6), 4);
         let grid = true_grid(&degraded);
         let mut cells = reduce_cells(&degraded.image, &grid);
         let fitted = refine(&degraded.image, &grid, &mut cells).expect("a bicubic model");
@@ -1448,16 +1450,7 @@ mod tests {
     fn refitted_palettes_make_blurred_sprites_exact() {
         for (scale, sprite_seed) in [(2.0f32, 100), (3.0, 101)] {
             let clean = sprite(16, 16, sprite_seed);
-            let cfg = DegradeConfig {
-                scale: [scale, scale],
-                kernels: vec![Kernel::Bicubic],
-                blur_probability: 1.0,
-                blur_sigma: [0.6, 0.6],
-                noise_probability: 1.0,
-                noise_sigma: [3.0, 3.0],
-                ..DegradeConfig::default()
-            };
-            let degraded = degrade(&clean, &cfg, sprite_seed - 100);
+            let degraded = degrade(&clean, &noisy_bicubic(scale, 0.6), sprite_seed - 100);
             let grid = true_grid(&degraded);
             let mut cells = reduce_cells(&degraded.image, &grid);
             let fitted = refine(&degraded.image, &grid, &mut cells).expect("a bicubic model");
