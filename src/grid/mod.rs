@@ -180,8 +180,9 @@ fn fixed_periods(w: u32, h: u32, opts: &GridOptions) -> Result<Option<(f32, f32)
 /// comb's regular lines, per axis that uses them. Measured on validation pairs (val split,
 /// seed 1, 128 per preset): the ratio regular / placed lies within 0.96-1.03 on regular
 /// grids (`seed`, 5th-95th percentile) and mostly above 1.1 on generator-like ones (`ai`,
-/// median 1.48).
-const PLACED_LINES_MIN_GAIN: f64 = 1.04;
+/// median 1.48). 1.08 rather than 1.04, chosen on the tuning pairs (val split, seed 2, 258
+/// per preset): one more exact sprite on `seed` and one on `ai` (snap: 45.0% / 21.3%).
+const PLACED_LINES_MIN_GAIN: f64 = 1.08;
 
 /// Chooses, per axis, between the comb's regular lines (`[0]`) and the lines placed one by
 /// one (`[1]`), and returns the two indices: the pair whose cells explain `img` best as
