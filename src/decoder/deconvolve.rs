@@ -45,7 +45,7 @@
 
 use super::CellColours;
 use crate::colour::{linear_to_oklab, linear_to_srgb, oklab_to_linear, srgb_to_linear};
-use crate::degrade::{taps, Kernel, Taps};
+use crate::degrade::{premultiply, taps, unpremultiply, Kernel, Taps};
 use crate::grid::Grid;
 use image::RgbaImage;
 use serde::Serialize;
@@ -655,8 +655,6 @@ const CLAMP_REACH: f32 = 2.0;
 /// How many blurs below its unclamped choice a ringing kernel is first fitted with its
 /// clamp (see [`refine`]).
 const CLAMPED_LESS_BLUR: usize = 1;
-/// Alpha below this rounds to 0 in 8 bits: such a pixel of the upscale is transparent.
-const INVISIBLE_ALPHA: f32 = 0.5 / 255.0;
 
 /// The clamp between upscaling and blurring. Degradations and image editors store the
 /// upscaled image (8 bits, or floats clamped to [0, 1]) before anything blurs it, so an
@@ -685,15 +683,11 @@ impl UpscaleClamp {
         let mut removed: Vec<Vec<f32>> = vec![vec![0.0; upscaled[3].len()]; 4];
         let mut any = false;
         for i in 0..upscaled[3].len() {
-            // As the degradation stores it: alpha at most 1, a pixel that rounds to
-            // transparent is transparent, straight colour within [0, 1].
-            let alpha = upscaled[3][i].min(1.0);
-            let clamped: [f32; 4] = if alpha < INVISIBLE_ALPHA {
-                [0.0; 4]
-            } else {
-                let straight = |c: usize| (upscaled[c][i] / alpha).clamp(0.0, 1.0) * alpha;
-                [straight(0), straight(1), straight(2), alpha]
-            };
+            // Stored as the degradation stores its upscale (alpha at most 1, a pixel that
+            // rounds to transparent transparent, straight colour within [0, 1]), then
+            // premultiplied again for the blur; a transparent pixel's colour counts as 0.
+            let sum = [0, 1, 2, 3].map(|c| upscaled[c][i]);
+            let clamped = premultiply(unpremultiply(sum, [0.0; 4]));
             for c in 0..4 {
                 removed[c][i] = clamped[c] - upscaled[c][i];
                 any |= removed[c][i].abs() > 1e-6;

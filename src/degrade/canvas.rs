@@ -54,13 +54,13 @@ pub(super) fn to_u8(v: f32) -> u8 {
     (v.clamp(0.0, 1.0) * 255.0 + 0.5) as u8
 }
 
-pub(super) fn premultiply([r, g, b, a]: [f32; 4]) -> [f32; 4] {
+pub(crate) fn premultiply([r, g, b, a]: [f32; 4]) -> [f32; 4] {
     [r * a, g * a, b * a, a]
 }
 
 /// Straight colour from a filtered premultiplied sum; `hidden` is the straight colour kept
 /// when the result is invisible. Overshoot (bicubic, lanczos) is clamped to [0, 1].
-pub(super) fn unpremultiply(sum: [f32; 4], hidden: [f32; 4]) -> [f32; 4] {
+pub(crate) fn unpremultiply(sum: [f32; 4], hidden: [f32; 4]) -> [f32; 4] {
     let alpha = sum[3].min(1.0);
     if alpha < INVISIBLE_ALPHA {
         return [hidden[0], hidden[1], hidden[2], 0.0];

@@ -90,6 +90,8 @@ pub use params::{
 };
 pub use resample::Kernel;
 pub(crate) use resample::{taps, Taps};
+/// How a resampling step stores its premultiplied sums (the decoder models it).
+pub(crate) use canvas::{premultiply, unpremultiply};
 
 /// What can be wrong with a preset name, a config or params read back from a manifest.
 #[derive(Debug, thiserror::Error)]
