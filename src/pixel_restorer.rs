@@ -17,6 +17,7 @@
 //!   got wrong.
 
 use crate::decoder::{decode, reduce_cells, CellColours, DecodeOptions, Decoded};
+use crate::decoder::deconvolve::BlurFit;
 use crate::grid::{analyse, Grid, GridOptions};
 use crate::rectify::{image_to_tensor, pixel_unshuffle, rectify};
 use crate::stablesr::layers::{ops, Conv2d, GroupNorm};
@@ -570,6 +571,10 @@ pub struct EncodedImage {
     pub cells: CellColours,
     /// The fitted cells, for a model that reads them.
     pub fitted: Option<CellColours>,
+    /// The blur model the decoder fitted to the image, if it was upscaled by an
+    /// interpolating kernel: the palette stage chooses colours by it (see
+    /// [`crate::snap::finish`]).
+    pub fit: Option<BlurFit>,
     /// The encoder input (1, C, H', W').
     pub input: Tensor,
 }
@@ -582,7 +587,9 @@ pub struct EncodedImage {
 pub fn encode_image(image: &RgbaImage, grid_opts: &GridOptions, cfg: &PixelRestorerConfig, device: &Device) -> anyhow::Result<EncodedImage> {
     let grid = analyse(image, grid_opts)?;
     let cells = reduce_cells(image, &grid);
-    let fitted = cfg.fitted_cells.then(|| fit_cells(image, &grid, &cells));
+    let mut fitted_cells = cells.clone();
+    let fit = crate::decoder::deconvolve::refine(image, &grid, &mut fitted_cells);
+    let fitted = cfg.fitted_cells.then_some(fitted_cells);
     let factor = cfg.factor;
     let multiple = cfg.size_multiple() as u32;
     let (pad_cols, pad_rows) = (grid.cols().div_ceil(multiple) * multiple, grid.rows().div_ceil(multiple) * multiple);
@@ -592,7 +599,7 @@ pub fn encode_image(image: &RgbaImage, grid_opts: &GridOptions, cfg: &PixelResto
     if let Some(fitted) = &fitted {
         input = Tensor::cat(&[&input, &image_to_tensor(&padded(&cells_image(fitted), 1), device)?], 1)?;
     }
-    Ok(EncodedImage { grid, cells, fitted, input })
+    Ok(EncodedImage { grid, cells, fitted, fit, input })
 }
 
 /// The decoder's palette and alpha stage on a predicted sprite: the prediction (1, 4, H', W')
@@ -603,6 +610,11 @@ pub fn encode_image(image: &RgbaImage, grid_opts: &GridOptions, cfg: &PixelResto
 /// alpha, the `fitted` one where given (see
 /// [`PixelRestorerConfig::trust_flat_cells_below`]; 0 uses the prediction everywhere).
 pub fn decode_prediction(pred: &Tensor, robust: &CellColours, fitted: Option<&CellColours>, opts: &DecodeOptions, trust_flat_below: f32) -> anyhow::Result<Decoded> {
+    Ok(decode(&predicted_cells(pred, robust, fitted, trust_flat_below)?, opts))
+}
+
+/// The cells of [`decode_prediction`], before the palette and alpha stage.
+pub fn predicted_cells(pred: &Tensor, robust: &CellColours, fitted: Option<&CellColours>, trust_flat_below: f32) -> anyhow::Result<CellColours> {
     let cropped = pred.narrow(D::Minus2, 0, robust.rows as usize)?.narrow(D::Minus1, 0, robust.cols as usize)?;
     let predicted = crate::rectify::tensor_to_image(&cropped)?;
     let mut cells = fitted.unwrap_or(robust).clone();
@@ -614,7 +626,7 @@ pub fn decode_prediction(pred: &Tensor, robust: &CellColours, fitted: Option<&Ce
         cells.colour[i] = crate::colour::srgb8_to_oklab([p[0], p[1], p[2]]);
         cells.alpha[i] = f32::from(p[3]);
     }
-    Ok(decode(&cells, opts))
+    Ok(cells)
 }
 
 /// Where the trained models ship: `checkpoints/` of the source tree (the binary is built
@@ -686,7 +698,10 @@ impl LoadedPixelRestorer {
 }
 
 /// Restores one image with a model on the CPU: grid analysis (with the options'
-/// overrides), rectification, the model, then the decoder's palette and alpha stage.
+/// overrides), rectification, the model, then the decoder's palette and alpha stage
+/// ([`crate::snap::finish`]: where the decoder fitted a blur model, the palette colours
+/// and each cell's choice among them are refitted to the image, starting from the
+/// model's).
 pub fn restore_image(
     model: &PixelRestorer,
     config: &PixelRestorerConfig,
@@ -696,8 +711,8 @@ pub fn restore_image(
 ) -> anyhow::Result<crate::snap::Restored> {
     let encoded = encode_image(image, &opts.grid, config, &Device::Cpu)?;
     let pred = model.predict(&encoded.input, &[seed])?;
-    let decoded = decode_prediction(&pred, &encoded.cells, encoded.fitted.as_ref(), &opts.decode, config.trust_flat_cells_below)?;
-    Ok(crate::snap::Restored { image: decoded.image, grid: encoded.grid, palette: decoded.palette, blur: None })
+    let cells = predicted_cells(&pred, &encoded.cells, encoded.fitted.as_ref(), config.trust_flat_cells_below)?;
+    Ok(crate::snap::finish(&cells, opts, encoded.grid, encoded.fit))
 }
 
 #[cfg(test)]

@@ -467,8 +467,13 @@ struct Problem {
 impl Problem {
     fn new(taps: &KernelTaps, model: BlurModel, stride: (u32, u32)) -> Self {
         let (x_taps, y_taps) = taps.of(model.kernel);
-        let ax = AxisOperator::new(&taps.grid.x_lines, x_taps, model.sigma, stride.0);
-        let ay = AxisOperator::new(&taps.grid.y_lines, y_taps, model.sigma, stride.1);
+        Self::on_axes(&taps.grid.x_lines, x_taps, &taps.grid.y_lines, y_taps, model, stride)
+    }
+
+    /// The problem of `model` on axes with these lines and upscale taps of its kernel.
+    fn on_axes(x_lines: &[f32], x_taps: &[Taps], y_lines: &[f32], y_taps: &[Taps], model: BlurModel, stride: (u32, u32)) -> Self {
+        let ax = AxisOperator::new(x_lines, x_taps, model.sigma, stride.0);
+        let ay = AxisOperator::new(y_lines, y_taps, model.sigma, stride.1);
         let (gx, gy) = (ax.gram(), ay.gram());
         let ridge = RIDGE * gx.mean_diagonal() * gy.mean_diagonal();
         Problem { model, ax, ay, gx, gy, ridge }
@@ -536,12 +541,15 @@ impl Problem {
 }
 
 /// A fitted model: its cells (one plane per image plane, rows x cols), the completed
-/// samples they were fitted to, and its mean squared residual per sample.
+/// samples they were fitted to, its mean squared residual per sample and, when the
+/// upscale's clamp was modelled, the correction those samples were shifted by (see
+/// [`fit_clamped`]).
 struct Fit {
     model: BlurModel,
     cells: Vec<Vec<f32>>,
     completed: Vec<Vec<f32>>,
     residual: f32,
+    clamp_correction: Option<Vec<Vec<f32>>>,
 }
 
 /// What a stored sample says of the model's value there.
@@ -673,7 +681,14 @@ impl UpscaleClamp {
     /// For models with `kernel`; `None` for kernels whose weights are never negative
     /// (their upscale stays within the cells' range, so nothing is clamped).
     fn new(taps: &KernelTaps, kernel: Kernel) -> Option<Self> {
-        matches!(kernel, Kernel::Bicubic | Kernel::Lanczos3).then(|| UpscaleClamp { upscale: Problem::new(taps, model(kernel, 0.0), (1, 1)) })
+        let (x_taps, y_taps) = taps.of(kernel);
+        Self::on_axes(&taps.grid.x_lines, x_taps, &taps.grid.y_lines, y_taps, kernel)
+    }
+
+    /// [`UpscaleClamp::new`] on axes with these lines and upscale taps of `kernel`.
+    fn on_axes(x_lines: &[f32], x_taps: &[Taps], y_lines: &[f32], y_taps: &[Taps], kernel: Kernel) -> Option<Self> {
+        let rings = matches!(kernel, Kernel::Bicubic | Kernel::Lanczos3);
+        rings.then(|| UpscaleClamp { upscale: Problem::on_axes(x_lines, x_taps, y_lines, y_taps, model(kernel, 0.0), (1, 1)) })
     }
 
     /// `B (clamp(U X) − U X)` for the four premultiplied planes `cells`, blurred by `sigma`
@@ -823,7 +838,7 @@ fn fit(observations: &Observations, problem: &Problem, prior: &Planes, start: &P
     };
     let residual = (total.max(0.0) / count.max(1) as f64) as f32;
     let (cells, completed) = fits.into_iter().map(|f| (f.cells, f.completed)).unzip();
-    Fit { model: problem.model, cells, completed, residual }
+    Fit { model: problem.model, cells, completed, residual, clamp_correction: None }
 }
 
 /// [`fit`], then, for a kernel whose upscale was clamped, [`CLAMP_ROUNDS`] refits with the
@@ -838,6 +853,7 @@ fn fit_clamped(observations: &Observations, problem: &Problem, clamp: Option<&Up
         let Some(correction) = clamp.correction(&result.cells, problem.model.sigma, stride) else { break };
         let start = Planes { width: start.width, height: start.height, planes: result.cells, interior: vec![] };
         result = fit(&observations.shifted(&correction), problem, prior, &start, if round + 1 == CLAMP_ROUNDS { refits } else { light });
+        result.clamp_correction = Some(correction);
     }
     result
 }
@@ -951,6 +967,14 @@ pub fn refine(img: &RgbaImage, grid: &Grid, cells: &mut CellColours) -> Option<B
     // The cells' spread stands for their noise (see `cell_noise`): a fitted cell has no
     // interior of its own, so it is the OKLab size of the fit's residual at its colour.
     let noise = refit.residual.sqrt();
+    let clamp = clamps.into_iter().find(|(k, _)| *k == refit.model.kernel).map(|(_, c)| c);
+    let current = LinesModel { problem, clamp, stride: (1, 1) };
+    // The completed samples before the clamp's correction: the palette stage corrects them
+    // again for the colours it draws.
+    let mut unclamped = refit.completed;
+    if let Some(correction) = &refit.clamp_correction {
+        unclamped.iter_mut().zip(correction).for_each(|(plane, c)| plane.iter_mut().zip(c).for_each(|(v, c)| *v += c));
+    }
     for i in 0..cols * rows {
         let a = refit.cells[3][i].clamp(0.0, 1.0);
         cells.alpha[i] = a * 255.0;
@@ -961,7 +985,9 @@ pub fn refine(img: &RgbaImage, grid: &Grid, cells: &mut CellColours) -> Option<B
             cells.spread[i] = cells.colour[i].dist(oklab(if srgb.iter().all(|&v| v + noise <= 1.0) { noise } else { -noise }));
         }
     }
-    Some(BlurFit { model: refit.model, problem, completed: refit.completed })
+    let axes = FitAxes { x_lines: grid.x_lines.clone(), y_lines: grid.y_lines.clone(), width: img.width(), height: img.height() };
+    let score_stride = (stride(grid.cell_width), stride(grid.cell_height));
+    Some(BlurFit { model: refit.model, current, unclamped, axes, lines_fixed: false, score_stride })
 }
 
 /// Sweeps of [`BlurFit::reassign`] at most (each visits every cell once).
@@ -972,16 +998,119 @@ const MAX_REFITTED_COLOURS: usize = 256;
 /// Ridge of [`BlurFit::refit_palette`] towards the current colours, relative to each
 /// colour's own weight: only steadies colours whose cells the image barely shows.
 const PALETTE_RIDGE: f64 = 1e-3;
+/// Blur changes [`BlurFit::refine_model`] scores around the fitted blur, in screen pixels.
+const BLUR_STEPS: [f32; 6] = [-0.3, -0.2, -0.1, 0.1, 0.2, 0.3];
+/// Moves of the interior grid lines [`BlurFit::refine_model`] scores, in screen pixels
+/// (a shift, or a stretch that moves the outermost interior lines by this much).
+const LINE_STEPS: [f32; 4] = [-0.2, -0.1, 0.1, 0.2];
+
+/// What [`BlurFit::refine_model`] moves, one at a time.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum ModelParameter {
+    Blur,
+    ShiftX,
+    ShiftY,
+    StretchX,
+    StretchY,
+}
+
+/// The parameters [`BlurFit::refine_model`] refines, in order, each with the scale of its
+/// steps: chosen on the tuning pairs (val split, seed 2, 258 `seed` pairs; snap's exact
+/// sprites, with the merges of [`BlurFit::merge_unsupported_colours`]): the blur alone
+/// 53.9%, then each line shift once 72.5%, the shifts twice 73.6% (a third time: no
+/// change), with the stretches 75.6%; halving the second round's steps changed nothing and
+/// costs less.
+const REFINEMENT_ORDER: &[(ModelParameter, f32)] = &[
+    (ModelParameter::Blur, 1.0),
+    (ModelParameter::ShiftX, 1.0),
+    (ModelParameter::ShiftY, 1.0),
+    (ModelParameter::Blur, 1.0),
+    (ModelParameter::ShiftX, 0.5),
+    (ModelParameter::ShiftY, 0.5),
+    (ModelParameter::Blur, 0.5),
+    (ModelParameter::StretchX, 1.0),
+    (ModelParameter::StretchY, 1.0),
+    (ModelParameter::Blur, 0.5),
+];
+/// Palettes with more colours than this are not tested for merges
+/// ([`BlurFit::merge_unsupported_colours`]): each merge inverts their Gram matrix.
+const MAX_MERGE_TESTED_COLOURS: usize = 128;
 
 /// The model [`refine`] fitted and what it was fitted to, for choosing palette colours by
 /// the image itself ([`BlurFit::reassign`], [`BlurFit::refit_palette`]).
 pub struct BlurFit {
     pub model: BlurModel,
+    /// The fitted model at every pixel, on the current lines.
+    current: LinesModel,
+    /// The image's samples (clipped ones completed by the fit), before any correction for
+    /// the upscale's clamp.
+    unclamped: Vec<Vec<f32>>,
+    /// The grid's lines (as [`BlurFit::refine_model`] left them) and the image's size, to
+    /// build the model at another blur or with other lines.
+    axes: FitAxes,
+    /// Whether [`BlurFit::refine_model`] keeps the lines where they are.
+    lines_fixed: bool,
+    /// The pixels [`BlurFit::refine_model`] scores a model at: about two per cell and axis
+    /// (as in choosing the model), which tell blurs and lines apart as well as every pixel.
+    score_stride: (u32, u32),
+}
+
+/// A model of the image through some grid lines, at the pixels `stride` divides: the
+/// problem, and the clamp of a ringing kernel's upscale through the same lines.
+struct LinesModel {
     problem: Problem,
-    completed: Vec<Vec<f32>>,
+    clamp: Option<UpscaleClamp>,
+    stride: (u32, u32),
+}
+
+/// A grid's lines on an image of `width` x `height` pixels.
+struct FitAxes {
+    x_lines: Vec<f32>,
+    y_lines: Vec<f32>,
+    width: u32,
+    height: u32,
 }
 
 impl BlurFit {
+    /// Keeps the grid lines where they are in [`BlurFit::refine_model`] (the user gave the
+    /// grid); the blur is still refined.
+    pub fn fix_lines(&mut self) {
+        self.lines_fixed = true;
+    }
+
+    /// The grid lines of the model, across and down: the grid's own, moved by
+    /// [`BlurFit::refine_model`].
+    pub fn lines(&self) -> (&[f32], &[f32]) {
+        (&self.axes.x_lines, &self.axes.y_lines)
+    }
+
+    /// The samples that the model's linear image of `sprite` (one pixel per cell) should
+    /// match: the image less what the upscale's clamp cut off `sprite`'s own upscale. The
+    /// fit estimated the clamp from its fitted cells, which a ringing edge biases (a black
+    /// outline next to bright colours comes out dark grey, and a dark grey rings less
+    /// below black), so each palette step estimates it again from the colours it draws.
+    fn targets(&self, model: &LinesModel, sprite: &RgbaImage) -> std::borrow::Cow<'_, [Vec<f32>]> {
+        use std::borrow::Cow;
+        let stride = model.stride;
+        let mut targets: Cow<'_, [Vec<f32>]> = if stride == (1, 1) {
+            Cow::Borrowed(&self.unclamped)
+        } else {
+            // The samples at the stride: the fitted pixels (the same for any interior lines,
+            // the outer ones staying) whose coordinates it divides.
+            let every = &self.current.problem;
+            let kept = |pixels: &[u32], step: u32| -> Vec<usize> { (0..pixels.len()).filter(|&i| pixels[i] % step == 0).collect() };
+            let (kept_x, kept_y) = (kept(&every.ax.pixel, stride.0), kept(&every.ay.pixel, stride.1));
+            let width = every.ax.pixel.len();
+            Cow::Owned(self.unclamped.iter().map(|plane| kept_y.iter().flat_map(|&y| kept_x.iter().map(move |&x| plane[y * width + x])).collect()).collect())
+        };
+        let Some(clamp) = &model.clamp else { return targets };
+        let planes: Vec<Vec<f32>> = (0..4).map(|c| sprite.pixels().map(|p| premultiplied(p.0)[c]).collect()).collect();
+        if let Some(correction) = clamp.correction(&planes, model.problem.model.sigma, stride) {
+            targets.to_mut().iter_mut().zip(&correction).for_each(|(plane, c)| plane.iter_mut().zip(c).for_each(|(v, c)| *v -= c));
+        }
+        targets
+    }
+
     /// Gives each opaque pixel of `sprite` (the decoded cells, one pixel per cell, drawn
     /// with the colours of `palette` that `index` gives them) the colour of `palette` that,
     /// under the fitted model, best explains the image, instead of the colour nearest its
@@ -992,17 +1121,18 @@ impl BlurFit {
     /// changes nothing or [`REASSIGN_SWEEPS`] have run. Transparent and semi-transparent
     /// pixels keep theirs.
     pub fn reassign(&self, sprite: &RgbaImage, index: &mut [Option<usize>], palette: &[[u8; 3]]) {
-        let (ax, ay) = (&self.problem.ax, &self.problem.ay);
+        let (ax, ay) = (&self.current.problem.ax, &self.current.problem.ay);
         let (cols, rows) = (ax.cells, ay.cells);
         if palette.is_empty() || sprite.dimensions() != (cols as u32, rows as u32) || index.len() != cols * rows {
             return;
         }
         let mut cells: Vec<[f32; 4]> = sprite.pixels().map(|p| premultiplied(p.0)).collect();
         let candidates: Vec<[f32; 4]> = palette.iter().map(|&[r, g, b]| premultiplied([r, g, b, 255])).collect();
+        let targets = self.targets(&self.current, sprite);
         let mut residual: Vec<Vec<f32>> = (0..4)
             .map(|c| {
                 let plane: Vec<f32> = cells.iter().map(|v| v[c]).collect();
-                self.problem.predict(&plane).iter().zip(&self.completed[c]).map(|(p, y)| p - y).collect()
+                self.current.problem.predict(&plane).iter().zip(&targets[c]).map(|(p, y)| p - y).collect()
             })
             .collect();
         let (xs, ys) = (ax.footprints(), ay.footprints());
@@ -1063,68 +1193,399 @@ impl BlurFit {
     /// small ridge towards the current colours. Colours no opaque pixel uses, and all
     /// colours of a palette larger than [`MAX_REFITTED_COLOURS`], stay.
     pub fn refit_palette(&self, sprite: &RgbaImage, index: &[Option<usize>], palette: &mut [[u8; 3]]) {
-        let (ax, ay) = (&self.problem.ax, &self.problem.ay);
-        let (cols, rows) = (ax.cells, ay.cells);
-        if palette.is_empty() || palette.len() > MAX_REFITTED_COLOURS || sprite.dimensions() != (cols as u32, rows as u32) || index.len() != cols * rows {
-            return;
+        let cells = self.cell_data(&self.current, sprite);
+        let Some(mut system) = Self::palette_system(&self.current.problem, &cells, sprite, index, palette) else { return };
+        let Some(solved) = system.solve(palette) else { return };
+        for (&i, value) in system.used.iter().zip(solved) {
+            palette[i] = value.map(|v| (v.clamp(0.0, 1.0) * 255.0).round() as u8);
         }
-        // The palette colour of each opaque cell: those are refitted, the others stay.
-        let refitted: Vec<Option<usize>> = sprite.pixels().zip(index).map(|(p, &i)| i.filter(|_| p[3] == 255)).collect();
-        let fixed: Vec<Vec<f32>> = (0..3)
-            .map(|c| {
-                let plane: Vec<f32> = sprite.pixels().zip(&refitted).map(|(p, r)| if r.is_some() { 0.0 } else { premultiplied(p.0)[c] }).collect();
-                self.problem.predict(&plane)
-            })
-            .collect();
-        // Each fitted sample's weight on each refitted colour, built cell by cell.
-        let (xs, ys) = (ax.footprints(), ay.footprints());
-        let width = ax.pixel.len();
-        let mut weights: Vec<Vec<(usize, f32)>> = vec![Vec::new(); width * ay.pixel.len()];
-        for k in 0..cols * rows {
-            let Some(colour) = refitted[k] else { continue };
-            for &(iy, wy) in &ys[k / cols] {
-                for &(ix, wx) in &xs[k % cols] {
-                    let at = &mut weights[iy * width + ix];
-                    match at.iter_mut().find(|(i, _)| *i == colour) {
-                        Some((_, w)) => *w += wy * wx,
-                        None => at.push((colour, wy * wx)),
-                    }
+    }
+
+    /// Moves the model's blur and grid lines to those that, with every cell's palette
+    /// index fixed and the palette colours refitted, explain the image best: returns
+    /// whether anything moved. [`refine`] chose the blur from a few values with every cell
+    /// free, and at a small scale (2-3 screen pixels per cell) free cells absorb much of
+    /// the difference between two blurs (on a 2x sprite blurred by σ 0.89, σ 0.7 and 0.85
+    /// differed by 1.5% in residual) or a grid line a tenth of a pixel off; with the cells
+    /// tied to a small palette, the model is what is left to explain the image. One
+    /// parameter at a time, in [`REFINEMENT_ORDER`] (the blur; the interior lines' shift
+    /// across, down, and the blur, twice; their stretch across and down; the blur): the
+    /// steps of [`BLUR_STEPS`] or [`LINE_STEPS`] around the current value are scored, then
+    /// the vertex of the parabola through the best and its neighbours. Lines the user fixed
+    /// ([`BlurFit::fix_lines`]) stay.
+    pub fn refine_model(&mut self, sprite: &RgbaImage, index: &[Option<usize>], palette: &[[u8; 3]]) -> bool {
+        let mut moved = false;
+        for &(parameter, step_scale) in REFINEMENT_ORDER {
+            if parameter != ModelParameter::Blur && self.lines_fixed {
+                continue;
+            }
+            moved |= self.refine_parameter(parameter, step_scale, sprite, index, palette);
+        }
+        moved
+    }
+
+    /// [`BlurFit::refine_model`] for one parameter, its steps scaled by `step_scale`.
+    fn refine_parameter(&mut self, parameter: ModelParameter, step_scale: f32, sprite: &RgbaImage, index: &[Option<usize>], palette: &[[u8; 3]]) -> bool {
+        let score = |model: &LinesModel| -> Option<f64> {
+            let cells = self.cell_data(model, sprite);
+            let mut system = Self::palette_system(&model.problem, &cells, sprite, index, palette)?;
+            let solved = system.solve(palette)?;
+            let mut colours = palette.to_vec();
+            for (&i, value) in system.used.iter().zip(solved) {
+                colours[i] = value.map(|v| (v.clamp(0.0, 1.0) * 255.0).round() as u8);
+            }
+            let redrawn = RgbaImage::from_fn(sprite.width(), sprite.height(), |x, y| {
+                let p = *sprite.get_pixel(x, y);
+                match index[(y * sprite.width() + x) as usize] {
+                    Some(k) if p[3] == 255 => image::Rgba([colours[k][0], colours[k][1], colours[k][2], 255]),
+                    _ => p,
+                }
+            });
+            // The clamp's correction stays the one for `sprite`: the colours moved little.
+            Some(Self::residual_of(&model.problem, &cells, &redrawn, 0..4))
+        };
+        let shifted = |lines: &[f32], by: f32| -> Vec<f32> {
+            let last = lines.len() - 1;
+            lines.iter().enumerate().map(|(i, &l)| if i == 0 || i == last { l } else { l + by }).collect()
+        };
+        // The interior lines stretched about their middle, the outermost moving by `by`.
+        let stretched = |lines: &[f32], by: f32| -> Vec<f32> {
+            let last = lines.len() - 1;
+            if last < 3 {
+                return lines.to_vec();
+            }
+            let (first, end) = (lines[1], lines[last - 1]);
+            let centre = 0.5 * (first + end);
+            let factor = 1.0 + by / (0.5 * (end - first)).max(1.0);
+            lines.iter().enumerate().map(|(i, &l)| if i == 0 || i == last { l } else { centre + (l - centre) * factor }).collect()
+        };
+        // The blur and lines for a change of the parameter by `step`.
+        let candidate = |step: f32| -> Option<(f32, Vec<f32>, Vec<f32>)> {
+            let (x, y) = (&self.axes.x_lines, &self.axes.y_lines);
+            let (sigma, x_lines, y_lines) = match parameter {
+                ModelParameter::Blur => (self.model.sigma + step, x.clone(), y.clone()),
+                ModelParameter::ShiftX => (self.model.sigma, shifted(x, step), y.clone()),
+                ModelParameter::ShiftY => (self.model.sigma, x.clone(), shifted(y, step)),
+                ModelParameter::StretchX => (self.model.sigma, stretched(x, step), y.clone()),
+                ModelParameter::StretchY => (self.model.sigma, x.clone(), stretched(y, step)),
+            };
+            let ordered = |lines: &[f32]| lines.windows(2).all(|w| w[1] > w[0]);
+            (sigma >= 0.0 && ordered(&x_lines) && ordered(&y_lines)).then_some((sigma, x_lines, y_lines))
+        };
+        let kernel = self.model.kernel;
+        let build = |sigma: f32, x_lines: &[f32], y_lines: &[f32], stride: (u32, u32)| {
+            let x_taps = upscale_all(x_lines, self.axes.width, kernel);
+            let y_taps = upscale_all(y_lines, self.axes.height, kernel);
+            LinesModel {
+                problem: Problem::on_axes(x_lines, &x_taps, y_lines, &y_taps, model(kernel, sigma), stride),
+                clamp: UpscaleClamp::on_axes(x_lines, &x_taps, y_lines, &y_taps, kernel),
+                stride,
+            }
+        };
+        let stride = self.score_stride;
+        let Some(current) = score(&build(self.model.sigma, &self.axes.x_lines, &self.axes.y_lines, stride)) else { return false };
+        let steps = match parameter {
+            ModelParameter::Blur => &BLUR_STEPS[..],
+            _ => &LINE_STEPS[..],
+        };
+        // (step, score, the blur and lines), the current model at step 0.
+        type Scored = (f32, f64, Option<(f32, Vec<f32>, Vec<f32>)>);
+        let mut scored: Vec<Scored> = vec![(0.0, current, None)];
+        let try_step = |step: f32, scored: &mut Vec<Scored>| {
+            if let Some((sigma, x_lines, y_lines)) = candidate(step) {
+                if let Some(value) = score(&build(sigma, &x_lines, &y_lines, stride)) {
+                    scored.push((step, value, Some((sigma, x_lines, y_lines))));
+                }
+            }
+        };
+        for &step in steps {
+            try_step(step * step_scale, &mut scored);
+        }
+        scored.sort_by(|a, b| a.0.total_cmp(&b.0));
+        let best = (0..scored.len()).min_by(|&a, &b| scored[a].1.total_cmp(&scored[b].1)).expect("the current model");
+        if best > 0 && best + 1 < scored.len() {
+            let [(x0, y0), (x1, y1), (x2, y2)] = [best - 1, best, best + 1].map(|i| (f64::from(scored[i].0), scored[i].1));
+            let denominator = (x1 - x0) * (y1 - y2) - (x1 - x2) * (y1 - y0);
+            if denominator.abs() > 0.0 {
+                let vertex = x1 - 0.5 * ((x1 - x0).powi(2) * (y1 - y2) - (x1 - x2).powi(2) * (y1 - y0)) / denominator;
+                if vertex > x0 && vertex < x2 && (vertex - x1).abs() > 0.01 {
+                    try_step(vertex as f32, &mut scored);
                 }
             }
         }
+        let best = (0..scored.len()).min_by(|&a, &b| scored[a].1.total_cmp(&scored[b].1)).expect("the current model");
+        let Some((sigma, x_lines, y_lines)) = scored.swap_remove(best).2 else { return false };
+        self.current = build(sigma, &x_lines, &y_lines, (1, 1));
+        self.model.sigma = sigma;
+        self.axes.x_lines = x_lines;
+        self.axes.y_lines = y_lines;
+        true
+    }
+
+    /// Merges palette colours that the image does not tell apart: with every cell's index
+    /// fixed, making two colours one raises the least-squares residual of the image by
+    /// `(p_a − p_b)² / (c_aa + c_bb − 2c_ab)` per channel (`p` the best colours, `c` the
+    /// inverse of their Gram matrix; every other colour re-optimised). While the cheapest
+    /// merge costs less than `penalty` times the image's residual per sample and channel
+    /// (a colour is three unknowns: under noise alone a merge costs about 3 of those), that
+    /// pair merges, into the colour that best explains the image for both. The automatic
+    /// palette comes from clustering the fitted cell values, whose noise the deconvolution
+    /// amplifies; here close shades stay apart wherever the image shows them, and shades
+    /// the noise made stay one. Returns the merges made; the merged-away colours leave
+    /// `palette` and `index` follows. Palettes larger than [`MAX_MERGE_TESTED_COLOURS`] stay as they are.
+    pub fn merge_unsupported_colours(&self, sprite: &RgbaImage, index: &mut [Option<usize>], palette: &mut Vec<[u8; 3]>, penalty: f64) -> usize {
+        let cells = self.cell_data(&self.current, sprite);
+        let Some(mut system) = Self::palette_system(&self.current.problem, &cells, sprite, index, palette) else { return 0 };
+        if system.used.len() > MAX_MERGE_TESTED_COLOURS {
+            return 0;
+        }
+        // The image's noise, as far as the model sees: its residual per colour sample.
+        let noise = Self::residual_of(&self.current.problem, &cells, sprite, 0..3);
+        let threshold = penalty * noise;
+        let mut merges = 0;
+        while system.used.len() > 1 {
+            let Some((_, a, b)) = system.cheapest_merge().filter(|&(cost, _, _)| cost < threshold) else { break };
+            system.merge(a, b);
+            let (keep, gone) = (system.used[a], system.removed.last().copied().expect("just merged"));
+            index.iter_mut().filter(|i| **i == Some(gone)).for_each(|i| *i = Some(keep));
+            merges += 1;
+        }
+        if merges == 0 {
+            return 0;
+        }
+        if let Some(solved) = system.solve(palette) {
+            for (&i, value) in system.used.iter().zip(solved) {
+                palette[i] = value.map(|v| (v.clamp(0.0, 1.0) * 255.0).round() as u8);
+            }
+        }
+        // The merged-away colours leave the palette, so that no later choice of colours
+        // brings them back.
+        let kept: Vec<usize> = (0..palette.len()).filter(|i| !system.removed.contains(i)).collect();
+        let position: Vec<Option<usize>> = (0..palette.len()).map(|i| kept.iter().position(|&k| k == i)).collect();
+        index.iter_mut().for_each(|i| *i = i.and_then(|k| position[k]));
+        *palette = kept.iter().map(|&k| palette[k]).collect();
+        merges
+    }
+
+    /// The image's samples under `problem`, for a palette stage that draws `sprite` (see
+    /// [`BlurFit::targets`]), in cell space: per plane `Aᵀ Y` and `Σ Y²`.
+    fn cell_data(&self, model: &LinesModel, sprite: &RgbaImage) -> CellData {
+        let targets = self.targets(model, sprite);
+        let problem = &model.problem;
+        let width = problem.ax.pixel.len();
+        CellData {
+            data: targets.iter().map(|t| problem.data_term(&transposed(t, width))).collect(),
+            sum_of_squares: targets.iter().map(|t| sum_of_squares(t)).collect(),
+            samples: targets[0].len(),
+        }
+    }
+
+    /// The mean squared residual per fitted sample of `sprite` (one pixel per cell) under
+    /// `problem`, over the `planes` (0-2 colour, 3 alpha), from the image's `cells`:
+    /// `‖A X − Y‖² = ΣY² − 2⟨X, AᵀY⟩ + ⟨X, AᵀA X⟩`, summed in f64 (the terms are about a
+    /// thousand times the residual).
+    fn residual_of(problem: &Problem, cells: &CellData, sprite: &RgbaImage, planes: std::ops::Range<usize>) -> f64 {
+        let n = sprite.pixels().len();
+        let (mut tmp, mut gx) = (vec![0.0f32; n], vec![0.0f32; n]);
+        let mut sum = 0.0f64;
+        let count = planes.len() * cells.samples;
+        for c in planes {
+            let x: Vec<f32> = sprite.pixels().map(|p| premultiplied(p.0)[c]).collect();
+            normal_operator(&problem.gy, &problem.gx, 0.0, &x, &mut tmp, &mut gx);
+            let product = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(&u, &v)| f64::from(u) * f64::from(v)).sum::<f64>();
+            sum += cells.sum_of_squares[c] - 2.0 * product(&x, &cells.data[c]) + product(&x, &gx);
+        }
+        if count == 0 {
+            0.0
+        } else {
+            sum.max(0.0) / count as f64
+        }
+    }
+
+    /// The least-squares system of the palette colours used by the opaque cells of
+    /// `sprite` with their indices fixed (see [`BlurFit::refit_palette`]), in cell space:
+    /// the Gram matrix of colours `a`, `b` sums `(G_y ⊗ G_x)` over their cells' pairs, and
+    /// the right-hand side of `a` sums `AᵀY − AᵀA F` over its cells, `F` the cells that
+    /// stay (transparent and semi-transparent ones); `None` when there is nothing to fit.
+    fn palette_system(problem: &Problem, cells: &CellData, sprite: &RgbaImage, index: &[Option<usize>], palette: &[[u8; 3]]) -> Option<PaletteSystem> {
+        let (cols, rows) = (problem.ax.cells, problem.ay.cells);
+        if palette.is_empty() || palette.len() > MAX_REFITTED_COLOURS || sprite.dimensions() != (cols as u32, rows as u32) || index.len() != cols * rows {
+            return None;
+        }
+        // The palette colour of each opaque cell: those are refitted, the others stay.
+        let refitted: Vec<Option<usize>> = sprite.pixels().zip(index).map(|(p, &i)| i.filter(|_| p[3] == 255)).collect();
         let n = palette.len();
-        let mut gram = vec![0.0f64; n * n];
         let mut rhs = vec![[0.0f64; 3]; n];
-        for (at, sample_weights) in weights.iter().enumerate() {
-            for &(a, wa) in sample_weights {
-                for &(b, wb) in sample_weights {
-                    gram[a * n + b] += f64::from(wa * wb);
+        let (mut tmp, mut fixed_image) = (vec![0.0f32; cols * rows], vec![0.0f32; cols * rows]);
+        for c in 0..3 {
+            let fixed: Vec<f32> = sprite.pixels().zip(&refitted).map(|(p, r)| if r.is_some() { 0.0 } else { premultiplied(p.0)[c] }).collect();
+            if fixed.iter().any(|&v| v != 0.0) {
+                normal_operator(&problem.gy, &problem.gx, 0.0, &fixed, &mut tmp, &mut fixed_image);
+            } else {
+                fixed_image.fill(0.0);
+            }
+            for (k, colour) in refitted.iter().enumerate() {
+                if let Some(a) = *colour {
+                    rhs[a][c] += f64::from(cells.data[c][k] - fixed_image[k]);
                 }
-                for c in 0..3 {
-                    rhs[a][c] += f64::from(wa * (self.completed[c][at] - fixed[c][at]));
+            }
+        }
+        let mut gram = vec![0.0f64; n * n];
+        for j in 0..rows {
+            let (y_lo, gy) = problem.gy.row(j);
+            for i in 0..cols {
+                let Some(a) = refitted[j * cols + i] else { continue };
+                let (x_lo, gx) = problem.gx.row(i);
+                for (dy, &wy) in gy.iter().enumerate() {
+                    let row = &refitted[(y_lo + dy) * cols..];
+                    for (dx, &wx) in gx.iter().enumerate() {
+                        if let Some(b) = row[x_lo + dx] {
+                            gram[a * n + b] += f64::from(wy * wx);
+                        }
+                    }
                 }
             }
         }
         let used: Vec<usize> = (0..n).filter(|&i| gram[i * n + i] > 0.0).collect();
         if used.is_empty() {
-            return;
+            return None;
         }
         let m = used.len();
         let mut system = vec![0.0f64; m * m];
-        let mut targets = vec![[0.0f64; 3]; m];
         for (a, &i) in used.iter().enumerate() {
             for (b, &j) in used.iter().enumerate() {
                 system[a * m + b] = gram[i * n + j];
             }
-            let ridge = PALETTE_RIDGE * gram[i * n + i];
-            system[a * m + a] += ridge;
-            targets[a] = std::array::from_fn(|c| rhs[i][c] + ridge * f64::from(palette[i][c]) / 255.0);
         }
-        let Some(solved) = solve_symmetric(&mut system, &mut targets, m) else { return };
-        for (&i, value) in used.iter().zip(solved) {
-            palette[i] = value.map(|v| (v.clamp(0.0, 1.0) * 255.0).round() as u8);
+        let rhs = used.iter().map(|&i| rhs[i]).collect();
+        Some(PaletteSystem { used, gram: system, rhs, removed: Vec::new() })
+    }
+}
+
+/// An image's samples under one problem, in cell space (see [`BlurFit::cell_data`]).
+struct CellData {
+    /// `Aᵀ Y` of each plane.
+    data: Vec<Vec<f32>>,
+    /// `Σ Y²` of each plane.
+    sum_of_squares: Vec<f64>,
+    /// Samples per plane.
+    samples: usize,
+}
+
+/// The normal equations of the palette colours with the cells' indices fixed:
+/// `gram · p = rhs` per channel, over the colours `used` (palette indices).
+#[derive(Clone)]
+struct PaletteSystem {
+    used: Vec<usize>,
+    /// Row-major, `used.len()` square.
+    gram: Vec<f64>,
+    rhs: Vec<[f64; 3]>,
+    /// Palette indices merged away, in order.
+    removed: Vec<usize>,
+}
+
+impl PaletteSystem {
+    /// The colours, with a small ridge towards `palette`'s current ones (see
+    /// [`PALETTE_RIDGE`]).
+    fn solve(&mut self, palette: &[[u8; 3]]) -> Option<Vec<[f64; 3]>> {
+        let m = self.used.len();
+        let mut system = self.gram.clone();
+        let mut targets = vec![[0.0f64; 3]; m];
+        for (a, &i) in self.used.iter().enumerate() {
+            let ridge = PALETTE_RIDGE * self.gram[a * m + a];
+            system[a * m + a] += ridge;
+            targets[a] = std::array::from_fn(|c| self.rhs[a][c] + ridge * f64::from(palette[i][c]) / 255.0);
+        }
+        solve_symmetric(&mut system, &mut targets, m)
+    }
+
+    /// The inverse of the Gram matrix (with a ridge small enough not to move the colours,
+    /// so that colours whose cells the image barely shows stay finite).
+    fn inverse(&self) -> Option<Vec<f64>> {
+        let m = self.used.len();
+        let mut system = self.gram.clone();
+        (0..m).for_each(|a| system[a * m + a] *= 1.0 + 1e-9);
+        invert_symmetric(&mut system, m)
+    }
+
+    /// The merge of two colours (positions in `used`) that raises the least-squares
+    /// residual least, and that rise: `(p_a − p_b)² / (c_aa + c_bb − 2c_ab)` summed over
+    /// the channels, `p` the least-squares colours and `c` the Gram matrix's inverse (the
+    /// residual of least squares under the constraint `p_a = p_b`, every other colour
+    /// re-optimised). `None` with fewer than two colours or a singular system.
+    fn cheapest_merge(&self) -> Option<(f64, usize, usize)> {
+        let inverse = self.inverse()?;
+        let best = self.least_squares(&inverse)?;
+        let m = self.used.len();
+        let mut cheapest: Option<(f64, usize, usize)> = None;
+        for a in 0..m {
+            for b in a + 1..m {
+                let spread = inverse[a * m + a] + inverse[b * m + b] - 2.0 * inverse[a * m + b];
+                if spread <= 0.0 {
+                    continue;
+                }
+                let cost = (0..3).map(|c| (best[a][c] - best[b][c]).powi(2)).sum::<f64>() / spread;
+                if cheapest.is_none_or(|(least, _, _)| cost < least) {
+                    cheapest = Some((cost, a, b));
+                }
+            }
+        }
+        cheapest
+    }
+
+    /// The unregularised least-squares colours, given the Gram matrix's `inverse`.
+    fn least_squares(&self, inverse: &[f64]) -> Option<Vec<[f64; 3]>> {
+        let m = self.used.len();
+        Some((0..m).map(|a| std::array::from_fn(|c| (0..m).map(|b| inverse[a * m + b] * self.rhs[b][c]).sum())).collect())
+    }
+
+    /// Makes colours `a` and `b` (positions in `used`) one, kept as `a`.
+    fn merge(&mut self, a: usize, b: usize) {
+        let m = self.used.len();
+        let mut gram = self.gram.clone();
+        for k in 0..m {
+            gram[a * m + k] += self.gram[b * m + k];
+        }
+        for k in 0..m {
+            gram[k * m + a] = gram[a * m + k];
+        }
+        gram[a * m + a] = self.gram[a * m + a] + 2.0 * self.gram[a * m + b] + self.gram[b * m + b];
+        let keep: Vec<usize> = (0..m).filter(|&k| k != b).collect();
+        self.gram = keep.iter().flat_map(|&r| keep.iter().map(|&c| gram[r * m + c]).collect::<Vec<_>>()).collect();
+        let rb = self.rhs[b];
+        (0..3).for_each(|c| self.rhs[a][c] += rb[c]);
+        self.rhs.remove(b);
+        self.removed.push(self.used.remove(b));
+    }
+}
+
+/// The inverse of a symmetric positive definite `A` (`m` x `m`, row-major) by
+/// Gauss-Jordan elimination without pivoting (safe for such matrices); `None` if a pivot
+/// is not positive.
+fn invert_symmetric(a: &mut [f64], m: usize) -> Option<Vec<f64>> {
+    let mut inverse = vec![0.0f64; m * m];
+    (0..m).for_each(|i| inverse[i * m + i] = 1.0);
+    for j in 0..m {
+        let pivot = a[j * m + j];
+        if pivot.is_nan() || pivot <= 0.0 {
+            return None;
+        }
+        for k in 0..m {
+            a[j * m + k] /= pivot;
+            inverse[j * m + k] /= pivot;
+        }
+        for i in (0..m).filter(|&i| i != j) {
+            let factor = a[i * m + j];
+            if factor == 0.0 {
+                continue;
+            }
+            for k in 0..m {
+                a[i * m + k] -= factor * a[j * m + k];
+                inverse[i * m + k] -= factor * inverse[j * m + k];
+            }
         }
     }
+    Some(inverse)
 }
 
 /// Solves `A x = b` for a symmetric positive definite `A` (`m` x `m`, row-major; three
@@ -1369,7 +1830,7 @@ mod tests {
         let degraded = degrade(&clean, &noisy_bicubic(2.0, 0.6), 4);
         let grid = true_grid(&degraded);
         let mut cells = reduce_cells(&degraded.image, &grid);
-        let fitted = refine(&degraded.image, &grid, &mut cells).expect("a bicubic model");
+        let mut fitted = refine(&degraded.image, &grid, &mut cells).expect("a bicubic model");
         let palette: Vec<[u8; 3]> = {
             let mut colours: Vec<[u8; 3]> = clean.pixels().filter(|p| p[3] == 255).map(|p| [p[0], p[1], p[2]]).collect();
             colours.sort_unstable();
@@ -1382,7 +1843,7 @@ mod tests {
         };
         let wrong = |s: &RgbaImage| s.pixels().zip(clean.pixels()).filter(|(a, b)| a != b).count();
         let before = wrong(&crate::decoder::decode(&cells, &opts).image);
-        let after = wrong(&crate::decoder::decode_fitted(&cells, &opts, Some(&fitted)).image);
+        let after = wrong(&crate::decoder::decode_fitted(&cells, &opts, Some(&mut fitted)).image);
         eprintln!("wrong pixels: {before} before, {after} after");
         assert!(after * 4 <= before, "wrong pixels: {before} before, {after} after");
     }
@@ -1447,8 +1908,8 @@ mod tests {
             let degraded = degrade(&clean, &noisy_bicubic(scale, 0.6), sprite_seed - 100);
             let grid = true_grid(&degraded);
             let mut cells = reduce_cells(&degraded.image, &grid);
-            let fitted = refine(&degraded.image, &grid, &mut cells).expect("a bicubic model");
-            let decoded = crate::decoder::decode_fitted(&cells, &crate::decoder::DecodeOptions::default(), Some(&fitted));
+            let mut fitted = refine(&degraded.image, &grid, &mut cells).expect("a bicubic model");
+            let decoded = crate::decoder::decode_fitted(&cells, &crate::decoder::DecodeOptions::default(), Some(&mut fitted));
             let wrong = |got: &image::Rgba<u8>, want: &image::Rgba<u8>| {
                 (got[3] >= 128) != (want[3] >= 128) || (want[3] >= 128 && (0..3).any(|c| got[c].abs_diff(want[c]) > 8))
             };
@@ -1479,4 +1940,178 @@ mod tests {
         let worst = (0..cells.colour.len()).map(|i| oklab_to_srgb8(cells.colour[i])[0].abs_diff(clean.as_raw()[4 * i])).max().unwrap();
         assert!(worst <= 6, "a cell {worst} levels off");
     }
+
+    /// The opaque colours of `clean` in order of appearance, and each pixel's index into
+    /// them (`None` where transparent).
+    fn palette_and_index(clean: &RgbaImage) -> (Vec<[u8; 3]>, Vec<Option<usize>>) {
+        let mut colours: Vec<[u8; 3]> = Vec::new();
+        let index = clean
+            .pixels()
+            .map(|p| {
+                (p[3] == 255).then(|| {
+                    let c = [p[0], p[1], p[2]];
+                    colours.iter().position(|&k| k == c).unwrap_or_else(|| {
+                        colours.push(c);
+                        colours.len() - 1
+                    })
+                })
+            })
+            .collect();
+        (colours, index)
+    }
+
+    /// `grid` with its interior lines moved by `dx` and `dy` screen pixels.
+    fn shifted_grid(grid: &Grid, dx: f32, dy: f32) -> Grid {
+        let shift = |lines: &[f32], by: f32| lines.iter().enumerate().map(|(i, &l)| if i == 0 || i + 1 == lines.len() { l } else { l + by }).collect();
+        Grid { x_lines: shift(&grid.x_lines, dx), y_lines: shift(&grid.y_lines, dy), ..grid.clone() }
+    }
+
+    /// A Gram matrix inverted by Gauss-Jordan times the matrix is the identity, to 1e-9.
+    #[test]
+    fn inverting_a_symmetric_positive_definite_matrix() {
+        let mut rng = rng_from_seed(4);
+        for m in [1usize, 2, 5, 9] {
+            let b: Vec<f64> = (0..m * m).map(|_| rng.random_range(-1.0..1.0)).collect();
+            // BᵀB + I is symmetric positive definite.
+            let a: Vec<f64> = (0..m * m).map(|ij| (0..m).map(|k| b[k * m + ij / m] * b[k * m + ij % m]).sum::<f64>() + if ij / m == ij % m { 1.0 } else { 0.0 }).collect();
+            let inverse = invert_symmetric(&mut a.clone(), m).expect("positive definite");
+            for i in 0..m {
+                for j in 0..m {
+                    let product: f64 = (0..m).map(|k| a[i * m + k] * inverse[k * m + j]).sum();
+                    assert!((product - if i == j { 1.0 } else { 0.0 }).abs() < 1e-9, "m {m}: ({i}, {j}) = {product}");
+                }
+            }
+        }
+    }
+
+    /// The closed-form cost of merging two palette colours equals what merging them and
+    /// solving the least-squares colours again costs, for every pair (to 1e-6 relative),
+    /// and the cheapest pair is the one `cheapest_merge` names.
+    #[test]
+    fn the_cheapest_merge_costs_what_merging_and_refitting_costs() {
+        let clean = sprite(12, 12, 5);
+        let degraded = degrade(&clean, &noisy_bicubic(3.0, 0.5), 5);
+        let grid = true_grid(&degraded);
+        let mut cells = reduce_cells(&degraded.image, &grid);
+        let fit = refine(&degraded.image, &grid, &mut cells).expect("a bicubic model");
+        let (colours, index) = palette_and_index(&clean);
+        let data = fit.cell_data(&fit.current, &clean);
+        let system = BlurFit::palette_system(&fit.current.problem, &data, &clean, &index, &colours).expect("a system");
+        let m = system.used.len();
+        // The residual up to a constant: Σ_c pᵀ G p − 2 pᵀ rhs.
+        let residual = |p: &[[f64; 3]]| -> f64 {
+            (0..3)
+                .map(|c| {
+                    let quadratic: f64 = (0..m).flat_map(|a| (0..m).map(move |b| (a, b))).map(|(a, b)| p[a][c] * system.gram[a * m + b] * p[b][c]).sum();
+                    quadratic - 2.0 * (0..m).map(|a| p[a][c] * system.rhs[a][c]).sum::<f64>()
+                })
+                .sum()
+        };
+        let least_squares = |s: &PaletteSystem| s.least_squares(&s.inverse().expect("invertible")).expect("solved");
+        let base = residual(&least_squares(&system));
+        let mut brute_force: Option<(f64, usize, usize)> = None;
+        for a in 0..m {
+            for b in a + 1..m {
+                let mut merged = system.clone();
+                merged.merge(a, b);
+                let solved = least_squares(&merged);
+                // Back to every colour: b takes a's merged value, those after b move up one.
+                let expanded: Vec<[f64; 3]> = (0..m).map(|k| solved[if k == b { a } else if k > b { k - 1 } else { k }]).collect();
+                let cost = residual(&expanded) - base;
+                if brute_force.is_none_or(|(least, _, _)| cost < least) {
+                    brute_force = Some((cost, a, b));
+                }
+            }
+        }
+        let (want, a, b) = brute_force.expect("pairs");
+        let (got, got_a, got_b) = system.cheapest_merge().expect("a merge");
+        assert_eq!((got_a, got_b), (a, b));
+        assert!((got - want).abs() <= 1e-6 * want.abs().max(1.0), "closed form {got}, refitted {want}");
+    }
+
+    /// Five colours, two of them 12 levels apart, upscaled 3x by bicubic with blur and
+    /// noise; the palette holds a sixth colour one level from a third, its cells drawn at
+    /// random from the two. The image cannot tell those two apart, and they merge; the
+    /// shades 12 levels apart stay (every colour within 8 levels, the exactness tolerance;
+    /// 4 measured).
+    #[test]
+    fn merging_joins_the_colours_the_image_does_not_tell_apart_only() {
+        let colours: [[u8; 3]; 5] = [[40, 60, 150], [52, 72, 162], [200, 120, 60], [90, 170, 100], [230, 230, 230]];
+        let mut rng = rng_from_seed(8);
+        let clean = RgbaImage::from_fn(16, 16, |x, y| {
+            if x == 0 || y == 0 || x == 15 || y == 15 {
+                image::Rgba([0, 0, 0, 0])
+            } else {
+                let [r, g, b] = colours[rng.random_range(0..colours.len())];
+                image::Rgba([r, g, b, 255])
+            }
+        });
+        let degraded = degrade(&clean, &noisy_bicubic(3.0, 0.6), 8);
+        let grid = true_grid(&degraded);
+        let mut cells = reduce_cells(&degraded.image, &grid);
+        let fit = refine(&degraded.image, &grid, &mut cells).expect("a bicubic model");
+        let (mut palette, mut index) = palette_and_index(&clean);
+        let orange = palette.iter().position(|&c| c == colours[2]).expect("drawn");
+        palette.push([201, 121, 61]);
+        for i in index.iter_mut().filter(|i| **i == Some(orange)) {
+            if rng.random_bool(0.5) {
+                *i = Some(palette.len() - 1);
+            }
+        }
+        let drawn = RgbaImage::from_fn(16, 16, |x, y| match index[(y * 16 + x) as usize] {
+            Some(k) => image::Rgba([palette[k][0], palette[k][1], palette[k][2], 255]),
+            None => image::Rgba([0, 0, 0, 0]),
+        });
+        let merges = fit.merge_unsupported_colours(&drawn, &mut index, &mut palette, crate::decoder::MERGE_PENALTY);
+        assert_eq!(merges, 1, "palette {palette:?}");
+        for want in colours {
+            assert!(palette.iter().any(|got| got.iter().zip(&want).all(|(g, w)| g.abs_diff(*w) <= 8)), "{want:?} missing from {palette:?}");
+        }
+    }
+
+    /// A 2x bicubic upscale blurred by σ 0.9 whose grid the analysis got a little wrong
+    /// (interior lines 0.15 px right and 0.12 px up of the drawn ones): with the sprite's
+    /// own colours and indices, refining the model brings the blur within 0.1 of 0.9 and
+    /// every line within 0.05 px of the drawn one.
+    #[test]
+    fn refining_the_model_finds_the_blur_and_lines_that_made_the_image() {
+        let clean = sprite(16, 16, 7);
+        let cfg = DegradeConfig { phase_probability: 1.0, phase: [0.07, 0.07], ..noisy_bicubic(2.0, 0.9) };
+        let degraded = degrade(&clean, &cfg, 3);
+        let truth = true_grid(&degraded);
+        let grid = shifted_grid(&truth, 0.15, -0.12);
+        let mut cells = reduce_cells(&degraded.image, &grid);
+        let mut fit = refine(&degraded.image, &grid, &mut cells).expect("a bicubic model");
+        let (colours, index) = palette_and_index(&clean);
+        assert!(fit.refine_model(&clean, &index, &colours));
+        assert!((fit.model.sigma - 0.9).abs() <= 0.1, "blur {}", fit.model.sigma);
+        let (x, y) = fit.lines();
+        for (got, want) in x.iter().zip(&truth.x_lines).chain(y.iter().zip(&truth.y_lines)) {
+            assert!((got - want).abs() <= 0.05, "line at {got}, drawn at {want}");
+        }
+    }
+
+    /// The same image decoded with the automatic palette: with the lines refined every
+    /// pixel comes out right (to 8 levels); with the lines kept where the grid put them,
+    /// some do not.
+    #[test]
+    fn refined_lines_make_a_blurred_2x_sprite_exact() {
+        let clean = sprite(16, 16, 7);
+        let cfg = DegradeConfig { phase_probability: 1.0, phase: [0.07, 0.07], ..noisy_bicubic(2.0, 0.9) };
+        let degraded = degrade(&clean, &cfg, 3);
+        let grid = shifted_grid(&true_grid(&degraded), 0.15, -0.12);
+        let wrong_pixels = |fix_lines: bool| {
+            let mut cells = reduce_cells(&degraded.image, &grid);
+            let mut fit = refine(&degraded.image, &grid, &mut cells).expect("a bicubic model");
+            if fix_lines {
+                fit.fix_lines();
+            }
+            let decoded = crate::decoder::decode_fitted(&cells, &crate::decoder::DecodeOptions::default(), Some(&mut fit));
+            let wrong = |got: &image::Rgba<u8>, want: &image::Rgba<u8>| (got[3] >= 128) != (want[3] >= 128) || (want[3] >= 128 && (0..3).any(|c| got[c].abs_diff(want[c]) > 8));
+            decoded.image.pixels().zip(clean.pixels()).filter(|(g, w)| wrong(g, w)).count()
+        };
+        assert_eq!(wrong_pixels(false), 0);
+        assert!(wrong_pixels(true) > 0, "the lines as given already decode right: the test shows nothing");
+    }
+
 }
