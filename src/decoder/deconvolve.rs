@@ -371,6 +371,11 @@ struct Planes {
     interior: Vec<f32>,
 }
 
+/// The four premultiplied planes of an image (see [`premultiplied`]).
+fn premultiplied_planes(image: &RgbaImage) -> Vec<Vec<f32>> {
+    (0..4).map(|c| image.pixels().map(|p| premultiplied(p.0)[c]).collect()).collect()
+}
+
 /// An 8-bit straight RGBA pixel as premultiplied sRGB in [0, 1], the space of the model.
 fn premultiplied([r, g, b, a]: [u8; 4]) -> [f32; 4] {
     let alpha = f32::from(a) / 255.0;
@@ -694,6 +699,13 @@ impl UpscaleClamp {
     /// `B (clamp(U X) − U X)` for the four premultiplied planes `cells`, blurred by `sigma`
     /// and taken at the pixels fitted at `stride`; `None` when nothing is clamped.
     fn correction(&self, cells: &[Vec<f32>], sigma: f32, stride: (u32, u32)) -> Option<Vec<Vec<f32>>> {
+        self.removed(cells).map(|removed| self.blurred(&removed, sigma, stride))
+    }
+
+    /// `clamp(U X) − U X` at every pixel inside the grid, for the four premultiplied planes
+    /// `cells`: what the clamp cut off the upscale, before the blur (the same for every
+    /// blur); `None` when nothing is clamped.
+    fn removed(&self, cells: &[Vec<f32>]) -> Option<Vec<Vec<f32>>> {
         let upscaled: Vec<Vec<f32>> = cells.iter().map(|plane| self.upscale.predict(plane)).collect();
         let mut removed: Vec<Vec<f32>> = vec![vec![0.0; upscaled[3].len()]; 4];
         let mut any = false;
@@ -708,9 +720,11 @@ impl UpscaleClamp {
                 any |= removed[c][i].abs() > 1e-6;
             }
         }
-        if !any {
-            return None;
-        }
+        any.then_some(removed)
+    }
+
+    /// [`UpscaleClamp::removed`] blurred by `sigma`, at the pixels fitted at `stride`.
+    fn blurred(&self, removed: &[Vec<f32>], sigma: f32, stride: (u32, u32)) -> Vec<Vec<f32>> {
         let (xs, ys) = (&self.upscale.ax.pixel, &self.upscale.ay.pixel);
         let (width, height) = (xs.len(), ys.len());
         let kept = |pixels: &[u32], step: u32| -> Vec<usize> { (0..pixels.len()).filter(|&i| pixels[i] % step == 0).collect() };
@@ -741,7 +755,7 @@ impl UpscaleClamp {
             }
             out
         };
-        Some(removed.iter().map(|plane| blurred(plane)).collect())
+        removed.iter().map(|plane| blurred(plane)).collect()
     }
 }
 
@@ -1090,6 +1104,13 @@ impl BlurFit {
     /// outline next to bright colours comes out dark grey, and a dark grey rings less
     /// below black), so each palette step estimates it again from the colours it draws.
     fn targets(&self, model: &LinesModel, sprite: &RgbaImage) -> std::borrow::Cow<'_, [Vec<f32>]> {
+        let removed = model.clamp.as_ref().and_then(|clamp| clamp.removed(&premultiplied_planes(sprite)));
+        self.targets_given(model, removed.as_deref())
+    }
+
+    /// [`BlurFit::targets`], given what the clamp of `model`'s upscale removed from the
+    /// sprite's (see [`UpscaleClamp::removed`]).
+    fn targets_given(&self, model: &LinesModel, removed: Option<&[Vec<f32>]>) -> std::borrow::Cow<'_, [Vec<f32>]> {
         use std::borrow::Cow;
         let stride = model.stride;
         let mut targets: Cow<'_, [Vec<f32>]> = if stride == (1, 1) {
@@ -1103,9 +1124,8 @@ impl BlurFit {
             let width = every.ax.pixel.len();
             Cow::Owned(self.unclamped.iter().map(|plane| kept_y.iter().flat_map(|&y| kept_x.iter().map(move |&x| plane[y * width + x])).collect()).collect())
         };
-        let Some(clamp) = &model.clamp else { return targets };
-        let planes: Vec<Vec<f32>> = (0..4).map(|c| sprite.pixels().map(|p| premultiplied(p.0)[c]).collect()).collect();
-        if let Some(correction) = clamp.correction(&planes, model.problem.model.sigma, stride) {
+        if let (Some(clamp), Some(removed)) = (&model.clamp, removed) {
+            let correction = clamp.blurred(removed, model.problem.model.sigma, stride);
             targets.to_mut().iter_mut().zip(&correction).for_each(|(plane, c)| plane.iter_mut().zip(c).for_each(|(v, c)| *v -= c));
         }
         targets
@@ -1226,8 +1246,16 @@ impl BlurFit {
 
     /// [`BlurFit::refine_model`] for one parameter, its steps scaled by `step_scale`.
     fn refine_parameter(&mut self, parameter: ModelParameter, step_scale: f32, sprite: &RgbaImage, index: &[Option<usize>], palette: &[[u8; 3]]) -> bool {
+        // A blur leaves the lines, and so what the upscale's clamp removed, as they are.
+        let removed = match parameter {
+            ModelParameter::Blur => self.current.clamp.as_ref().and_then(|clamp| clamp.removed(&premultiplied_planes(sprite))),
+            _ => None,
+        };
         let score = |model: &LinesModel| -> Option<f64> {
-            let cells = self.cell_data(model, sprite);
+            let cells = match parameter {
+                ModelParameter::Blur => self.cell_data_of(model, self.targets_given(model, removed.as_deref())),
+                _ => self.cell_data(model, sprite),
+            };
             let mut system = Self::palette_system(&model.problem, &cells, sprite, index, palette)?;
             let solved = system.solve(palette)?;
             let mut colours = palette.to_vec();
@@ -1370,7 +1398,11 @@ impl BlurFit {
     /// The image's samples under `problem`, for a palette stage that draws `sprite` (see
     /// [`BlurFit::targets`]), in cell space: per plane `Aᵀ Y` and `Σ Y²`.
     fn cell_data(&self, model: &LinesModel, sprite: &RgbaImage) -> CellData {
-        let targets = self.targets(model, sprite);
+        self.cell_data_of(model, self.targets(model, sprite))
+    }
+
+    /// [`BlurFit::cell_data`] of `targets`.
+    fn cell_data_of(&self, model: &LinesModel, targets: std::borrow::Cow<'_, [Vec<f32>]>) -> CellData {
         let problem = &model.problem;
         let width = problem.ax.pixel.len();
         CellData {
