@@ -36,6 +36,11 @@
 //! and [`BlurFit::refit_palette`] gives each palette colour the value that best explains the
 //! image with the cells' colours fixed: one-cell outlines and details, which no fitted
 //! cell value frees from its neighbours, no longer pull their colour towards them.
+//! With the cells tied to the palette, [`BlurFit::refine_model`] moves the blur and the grid
+//! lines to those that explain the image best (free cells had absorbed most of their
+//! error), and [`BlurFit::merge_unsupported_colours`] merges the colours whose difference
+//! the image does not support. Each of these estimates the upscale's clamp again from the
+//! colours it draws.
 //!
 //! Measured on 80 `seed` validation pairs (bicubic 2-5x, blur, noise) with the true grid
 //! given and the automatic palette: the robust colours give 71% pixel accuracy and 4% exact
@@ -1065,7 +1070,8 @@ pub struct BlurFit {
     /// Whether [`BlurFit::refine_model`] keeps the lines where they are.
     lines_fixed: bool,
     /// The pixels [`BlurFit::refine_model`] scores a model at: about two per cell and axis
-    /// (as in choosing the model), which tell blurs and lines apart as well as every pixel.
+    /// (as in choosing the model), which tell blurs and lines apart about as well as every
+    /// pixel (76.4% exact `seed` sprites on the tuning pairs against 76.7%) at less cost.
     score_stride: (u32, u32),
 }
 

@@ -20,9 +20,12 @@
 //!    or when almost every cell has a colour of its own, at least about one just-noticeable
 //!    difference merges). Each automatic colour is then
 //!    the per-channel median of its cells, not their mean, which clipped drift biases;
-//!    where [`deconvolve`] fitted a blur model, each cell then takes the palette colour
-//!    that explains the image best, and the automatic colours and that choice are refitted
-//!    to the image in turn ([`PALETTE_REFITS`] rounds);
+//!    where [`deconvolve`] fitted a blur model, the palette first clusters finer
+//!    ([`FITTED_MERGE_SHARE`]), each cell then takes the palette colour that explains the
+//!    image best, and the automatic colours and that choice are refitted to the image in
+//!    turn ([`PALETTE_REFITS`] rounds); the model's blur and grid lines are refined
+//!    against the image with the cells tied to the palette, and colours the image does not
+//!    tell apart merge ([`MERGE_PENALTY`]);
 //! 3. binarises alpha at a threshold (or keeps the levels), optionally turns a flat
 //!    background into transparency and optionally removes isolated stray pixels.
 
