@@ -1221,10 +1221,7 @@ impl BlurFit {
     pub fn refit_palette(&self, sprite: &RgbaImage, index: &[Option<usize>], palette: &mut [[u8; 3]]) {
         let cells = self.cell_data(&self.current, sprite);
         let Some(mut system) = Self::palette_system(&self.current.problem, &cells, sprite, index, palette) else { return };
-        let Some(solved) = system.solve(palette) else { return };
-        for (&i, value) in system.used.iter().zip(solved) {
-            palette[i] = value.map(|v| (v.clamp(0.0, 1.0) * 255.0).round() as u8);
-        }
+        system.refit(palette);
     }
 
     /// Moves the model's blur and grid lines to those that, with every cell's palette
@@ -1263,10 +1260,9 @@ impl BlurFit {
                 _ => self.cell_data(model, sprite),
             };
             let mut system = Self::palette_system(&model.problem, &cells, sprite, index, palette)?;
-            let solved = system.solve(palette)?;
             let mut colours = palette.to_vec();
-            for (&i, value) in system.used.iter().zip(solved) {
-                colours[i] = value.map(|v| (v.clamp(0.0, 1.0) * 255.0).round() as u8);
+            if !system.refit(&mut colours) {
+                return None;
             }
             let redrawn = RgbaImage::from_fn(sprite.width(), sprite.height(), |x, y| {
                 let p = *sprite.get_pixel(x, y);
@@ -1387,11 +1383,7 @@ impl BlurFit {
         if merges == 0 {
             return 0;
         }
-        if let Some(solved) = system.solve(palette) {
-            for (&i, value) in system.used.iter().zip(solved) {
-                palette[i] = value.map(|v| (v.clamp(0.0, 1.0) * 255.0).round() as u8);
-            }
-        }
+        system.refit(palette);
         // The merged-away colours leave the palette, so that no later choice of colours
         // brings them back.
         let kept: Vec<usize> = (0..palette.len()).filter(|i| !system.removed.contains(i)).collect();
@@ -1535,6 +1527,16 @@ impl PaletteSystem {
             targets[a] = std::array::from_fn(|c| self.rhs[a][c] + ridge * f64::from(palette[i][c]) / 255.0);
         }
         solve_symmetric(&mut system, &mut targets, m)
+    }
+
+    /// Sets the used colours of `palette` to [`PaletteSystem::solve`]'s, in 8 bits: returns
+    /// false (and leaves them) when the system is singular.
+    fn refit(&mut self, palette: &mut [[u8; 3]]) -> bool {
+        let Some(solved) = self.solve(palette) else { return false };
+        for (&i, value) in self.used.iter().zip(solved) {
+            palette[i] = value.map(|v| (v.clamp(0.0, 1.0) * 255.0).round() as u8);
+        }
+        true
     }
 
     /// The inverse of the Gram matrix (with a ridge small enough not to move the colours,
