@@ -1238,17 +1238,25 @@ impl BlurFit {
     /// ([`BlurFit::fix_lines`]) stay.
     pub fn refine_model(&mut self, sprite: &RgbaImage, index: &[Option<usize>], palette: &[[u8; 3]]) -> bool {
         let mut moved = false;
+        // The score of the current model, once a search has computed it: the next search
+        // starts from the same model.
+        let mut current = None;
         for &(parameter, step_scale) in REFINEMENT_ORDER {
             if parameter != ModelParameter::Blur && self.lines_fixed {
                 continue;
             }
-            moved |= self.refine_parameter(parameter, step_scale, sprite, index, palette);
+            let Some((moved_now, score)) = self.refine_parameter(parameter, step_scale, current, sprite, index, palette) else { break };
+            moved |= moved_now;
+            current = Some(score);
         }
         moved
     }
 
-    /// [`BlurFit::refine_model`] for one parameter, its steps scaled by `step_scale`.
-    fn refine_parameter(&mut self, parameter: ModelParameter, step_scale: f32, sprite: &RgbaImage, index: &[Option<usize>], palette: &[[u8; 3]]) -> bool {
+    /// [`BlurFit::refine_model`] for one parameter, its steps scaled by `step_scale`, from
+    /// the current model and its score (`current`, computed here when `None`): whether the
+    /// model moved, and the score of the model it leaves. `None` when the current model
+    /// cannot be scored.
+    fn refine_parameter(&mut self, parameter: ModelParameter, step_scale: f32, current: Option<f64>, sprite: &RgbaImage, index: &[Option<usize>], palette: &[[u8; 3]]) -> Option<(bool, f64)> {
         // A blur leaves the lines, and so what the upscale's clamp removed, as they are.
         let removed = match parameter {
             ModelParameter::Blur => self.current.clamp.as_ref().and_then(|clamp| clamp.removed(&premultiplied_planes(sprite))),
@@ -1313,7 +1321,10 @@ impl BlurFit {
             }
         };
         let stride = self.score_stride;
-        let Some(current) = score(&build(self.model.sigma, &self.axes.x_lines, &self.axes.y_lines, stride)) else { return false };
+        let current = match current {
+            Some(value) => value,
+            None => score(&build(self.model.sigma, &self.axes.x_lines, &self.axes.y_lines, stride))?,
+        };
         let steps = match parameter {
             ModelParameter::Blur => &BLUR_STEPS[..],
             _ => &LINE_STEPS[..],
@@ -1344,12 +1355,13 @@ impl BlurFit {
             }
         }
         let best = (0..scored.len()).min_by(|&a, &b| scored[a].1.total_cmp(&scored[b].1)).expect("the current model");
-        let Some((sigma, x_lines, y_lines)) = scored.swap_remove(best).2 else { return false };
+        let (_, best_score, chosen) = scored.swap_remove(best);
+        let Some((sigma, x_lines, y_lines)) = chosen else { return Some((false, best_score)) };
         self.current = build(sigma, &x_lines, &y_lines, (1, 1));
         self.model.sigma = sigma;
         self.axes.x_lines = x_lines;
         self.axes.y_lines = y_lines;
-        true
+        Some((true, best_score))
     }
 
     /// Merges palette colours that the image does not tell apart: with every cell's index
