@@ -548,11 +548,12 @@ impl PixelRestorer {
 
 /// The cells as the snap decoder fits them (see [`PixelRestorerConfig::fitted_cells`]):
 /// `robust`, the cells' robust colours, refitted under the kernel and blur that best
-/// explain the image when it was upscaled by an interpolating kernel.
-pub fn fit_cells(image: &RgbaImage, grid: &Grid, robust: &CellColours) -> CellColours {
+/// explain the image when it was upscaled by an interpolating kernel; and that blur model,
+/// if any, for the palette stage.
+pub fn fit_cells(image: &RgbaImage, grid: &Grid, robust: &CellColours) -> (CellColours, Option<BlurFit>) {
     let mut cells = robust.clone();
-    crate::decoder::deconvolve::refine(image, grid, &mut cells);
-    cells
+    let fit = crate::decoder::deconvolve::refine(image, grid, &mut cells);
+    (cells, fit)
 }
 
 /// Cells as an image, one pixel per cell.
@@ -587,8 +588,7 @@ pub struct EncodedImage {
 pub fn encode_image(image: &RgbaImage, grid_opts: &GridOptions, cfg: &PixelRestorerConfig, device: &Device) -> anyhow::Result<EncodedImage> {
     let grid = analyse(image, grid_opts)?;
     let cells = reduce_cells(image, &grid);
-    let mut fitted_cells = cells.clone();
-    let fit = crate::decoder::deconvolve::refine(image, &grid, &mut fitted_cells);
+    let (fitted_cells, fit) = fit_cells(image, &grid, &cells);
     let fitted = cfg.fitted_cells.then_some(fitted_cells);
     let factor = cfg.factor;
     let multiple = cfg.size_multiple() as u32;
