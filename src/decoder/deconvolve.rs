@@ -1038,12 +1038,13 @@ enum ModelParameter {
 /// sprites, with the merges of [`BlurFit::merge_unsupported_colours`]): the blur alone
 /// 53.9%, then each line shift once 72.5%, the shifts twice 73.6% (a third time: no
 /// change), with the stretches 75.6%. With the merge test's residual taken where the
-/// sprite is opaque, these eight searches make as many exact sprites as ten (the blur
-/// once more at half steps before the stretches and after them): 78.3% both at a merge
-/// penalty of 200, 77.5% both at 150 ([`super::MERGE_PENALTY`]; `spritedx eval`), at 0.94x the
-/// time (median 87.7 ms against 92.8 ms per image, one at a time, one run); six (without
-/// the half-step shifts) also made 78.3% at 0.87x, but leave lines 0.05 px off where these
-/// leave them 0.002 px off (`refining_the_model_finds_the_blur_and_lines_that_made_the_image`).
+/// sprite is opaque, these eight searches make as many exact sprites as the ten before
+/// them, which also refined the blur at half steps before the stretches and after them
+/// (78.3% both at a merge penalty of 200, 77.5% both at 150, [`super::MERGE_PENALTY`];
+/// `spritedx eval`), at 0.94x the time (median 87.7 ms against 92.8 ms per image, one at
+/// a time, one run). Six (without the half-step shifts) also made 78.3%, at 0.87x, but
+/// leave lines 0.05 px off where these leave them 0.002 px off (the test
+/// `refining_the_model_finds_the_blur_and_lines_that_made_the_image`).
 const REFINEMENT_ORDER: &[(ModelParameter, f32)] = &[
     (ModelParameter::Blur, 1.0),
     (ModelParameter::ShiftX, 1.0),
