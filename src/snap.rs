@@ -82,12 +82,13 @@ fn user_placed_lines(opts: &GridOptions) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::decoder::deconvolve::test_grids::{shifted_grid, true_grid};
     use crate::degrade::{degrade, DegradeConfig, Kernel};
     use crate::rng::rng_from_seed;
     use rand::Rng;
 
     /// A 12x12 sprite of random colours upscaled by bicubic `scale` with blur, decoded
-    /// through [`finish`] on a grid whose interior lines are 0.2 px off the drawn ones:
+    /// through [`finish`] on a grid whose interior lines are 0.15 px off the drawn ones:
     /// small cells go through the palette stage, which moves the lines back (the result
     /// reports them), while cells of [`PALETTE_STAGE_MAX_CELL`] or more keep them; both
     /// report the blur model that was fitted.
@@ -108,22 +109,7 @@ mod tests {
                 ..DegradeConfig::default()
             };
             let degraded = degrade(&clean, &cfg, 3);
-            let drawn = &degraded.params.grid;
-            // The drawn lines (the outer ones on the image's borders), the interior ones moved.
-            let off = |lines: &[f32], len: u32| -> Vec<f32> {
-                let last = lines.len() - 1;
-                lines.iter().enumerate().map(|(i, &l)| if i == 0 || i == last { l.clamp(0.0, len as f32) } else { l + 0.15 }).collect()
-            };
-            let grid = Grid {
-                x_lines: off(&drawn.x_lines, drawn.width),
-                y_lines: off(&drawn.y_lines, drawn.height),
-                cell_width: scale,
-                cell_height: scale,
-                phase_x: 0.0,
-                phase_y: 0.0,
-                confidence_x: 1.0,
-                confidence_y: 1.0,
-            };
+            let grid = shifted_grid(&true_grid(&degraded), 0.15, 0.15);
             let mut cells = reduce_cells(&degraded.image, &grid);
             let fit = deconvolve::refine(&degraded.image, &grid, &mut cells);
             assert!(fit.is_some(), "scale {scale}: a bicubic image gets a blur model");

@@ -1710,8 +1710,38 @@ fn solve_symmetric(a: &mut [f64], b: &mut [[f64; 3]], m: usize) -> Option<Vec<[f
     Some(b.to_vec())
 }
 
+/// Grids for the tests of this module and of [`crate::snap`].
+#[cfg(test)]
+pub(crate) mod test_grids {
+    use crate::degrade::Degraded;
+    use crate::grid::Grid;
+
+    /// The grid the degradation drew, with its outer lines on the image borders.
+    pub(crate) fn true_grid(d: &Degraded) -> Grid {
+        let g = &d.params.grid;
+        let clamp = |lines: &[f32], len: u32| lines.iter().map(|&l| l.clamp(0.0, len as f32)).collect::<Vec<_>>();
+        Grid {
+            x_lines: clamp(&g.x_lines, g.width),
+            y_lines: clamp(&g.y_lines, g.height),
+            cell_width: g.scale_x,
+            cell_height: g.scale_y,
+            phase_x: 0.0,
+            phase_y: 0.0,
+            confidence_x: 1.0,
+            confidence_y: 1.0,
+        }
+    }
+
+    /// `grid` with its interior lines moved by `dx` and `dy` screen pixels.
+    pub(crate) fn shifted_grid(grid: &Grid, dx: f32, dy: f32) -> Grid {
+        let shift = |lines: &[f32], by: f32| lines.iter().enumerate().map(|(i, &l)| if i == 0 || i + 1 == lines.len() { l } else { l + by }).collect();
+        Grid { x_lines: shift(&grid.x_lines, dx), y_lines: shift(&grid.y_lines, dy), ..grid.clone() }
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use super::test_grids::{shifted_grid, true_grid};
     use super::*;
     use crate::colour::oklab_to_srgb8;
     use crate::decoder::reduce_cells;
@@ -1757,22 +1787,6 @@ mod tests {
             noise_probability: 1.0,
             noise_sigma: [3.0, 3.0],
             ..DegradeConfig::default()
-        }
-    }
-
-    /// The grid the degradation drew, with its outer lines on the image borders.
-    fn true_grid(d: &Degraded) -> Grid {
-        let g = &d.params.grid;
-        let clamp = |lines: &[f32], len: u32| lines.iter().map(|&l| l.clamp(0.0, len as f32)).collect::<Vec<_>>();
-        Grid {
-            x_lines: clamp(&g.x_lines, g.width),
-            y_lines: clamp(&g.y_lines, g.height),
-            cell_width: g.scale_x,
-            cell_height: g.scale_y,
-            phase_x: 0.0,
-            phase_y: 0.0,
-            confidence_x: 1.0,
-            confidence_y: 1.0,
         }
     }
 
@@ -2053,11 +2067,6 @@ mod tests {
         (colours, index)
     }
 
-    /// `grid` with its interior lines moved by `dx` and `dy` screen pixels.
-    fn shifted_grid(grid: &Grid, dx: f32, dy: f32) -> Grid {
-        let shift = |lines: &[f32], by: f32| lines.iter().enumerate().map(|(i, &l)| if i == 0 || i + 1 == lines.len() { l } else { l + by }).collect();
-        Grid { x_lines: shift(&grid.x_lines, dx), y_lines: shift(&grid.y_lines, dy), ..grid.clone() }
-    }
 
     /// A Gram matrix inverted by Gauss-Jordan times the matrix is the identity, to 1e-9.
     #[test]
