@@ -1382,14 +1382,16 @@ impl BlurFit {
     /// the noise made stay one. Returns the merges made; the merged-away colours leave
     /// `palette` and `index` follows. Palettes larger than [`MAX_MERGE_TESTED_COLOURS`] stay as they are.
     pub fn merge_unsupported_colours(&self, sprite: &RgbaImage, index: &mut [Option<usize>], palette: &mut Vec<[u8; 3]>, penalty: f64) -> usize {
-        let cells = self.cell_data(&self.current, sprite);
+        let targets = self.targets(&self.current, sprite);
+        // The image's noise, as far as the model sees: its residual per colour sample
+        // where the colours are (transparent margins fit exactly and would dilute it).
+        let opaque_noise = self.opaque_residual(&targets, sprite, index);
+        let cells = self.cell_data_of(&self.current, targets);
         let Some(mut system) = Self::palette_system(&self.current.problem, &cells, sprite, index, palette) else { return 0 };
         if system.used.len() > MAX_MERGE_TESTED_COLOURS {
             return 0;
         }
-        // The image's noise, as far as the model sees: its residual per colour sample
-        // where the colours are (transparent margins fit exactly and would dilute it).
-        let noise = self.opaque_residual(sprite, index).unwrap_or_else(|| Self::residual_of(&self.current.problem, &cells, sprite, 0..3));
+        let noise = opaque_noise.unwrap_or_else(|| Self::residual_of(&self.current.problem, &cells, sprite, 0..3));
         let threshold = penalty * noise;
         let mut merges = 0;
         while system.used.len() > 1 {
@@ -1413,9 +1415,10 @@ impl BlurFit {
     }
 
     /// The mean squared residual of `sprite` (drawn with the palette indices `index`) per
-    /// sample and colour plane, over the samples whose cell, the one weighing most in
-    /// them, is opaque; `None` when there are none.
-    fn opaque_residual(&self, sprite: &RgbaImage, index: &[Option<usize>]) -> Option<f64> {
+    /// sample and colour plane against its `targets` ([`BlurFit::targets`] under the
+    /// current model), over the samples whose cell, the one weighing most in them, is
+    /// opaque; `None` when there are none.
+    fn opaque_residual(&self, targets: &[Vec<f32>], sprite: &RgbaImage, index: &[Option<usize>]) -> Option<f64> {
         let problem = &self.current.problem;
         let (ax, ay) = (&problem.ax, &problem.ay);
         if sprite.dimensions() != (ax.cells as u32, ay.cells as u32) || index.len() != ax.cells * ay.cells {
@@ -1436,11 +1439,9 @@ impl BlurFit {
         if samples == 0 {
             return None;
         }
-        let targets = self.targets(&self.current, sprite);
         let mut sum = 0.0f64;
-        for (c, target) in targets.iter().enumerate().take(3) {
-            let plane: Vec<f32> = sprite.pixels().map(|p| premultiplied(p.0)[c]).collect();
-            let predicted = problem.predict(&plane);
+        for (plane, target) in premultiplied_planes(sprite).iter().zip(targets).take(3) {
+            let predicted = problem.predict(plane);
             sum += predicted.iter().zip(target).zip(&counted).filter(|(_, &c)| c).map(|((p, y), _)| f64::from(p - y).powi(2)).sum::<f64>();
         }
         Some(sum / (3 * samples) as f64)
@@ -2154,7 +2155,7 @@ mod tests {
         let fit = refine(&degraded.image, &grid, &mut cells).expect("a bicubic model");
         let (_, index) = palette_and_index(&clean);
         let noise = (3.0f64 / 255.0).powi(2);
-        let opaque = fit.opaque_residual(&clean, &index).expect("opaque cells");
+        let opaque = fit.opaque_residual(&fit.targets(&fit.current, &clean), &clean, &index).expect("opaque cells");
         assert!((0.5 * noise..=2.0 * noise).contains(&opaque), "opaque residual {opaque:e}, noise {noise:e}");
         let whole = BlurFit::residual_of(&fit.current.problem, &fit.cell_data(&fit.current, &clean), &clean, 0..3);
         assert!(whole < opaque / 3.0, "whole image {whole:e}, opaque {opaque:e}");
