@@ -85,9 +85,13 @@ pub struct RestoreArgs {
     /// Snap to this palette: Lospec .hex, GIMP .gpl, JASC .pal, or an image of the colours.
     #[arg(long, value_name = "FILE")]
     palette: Option<PathBuf>,
-    /// Keep alpha levels instead of binarising.
-    #[arg(long)]
+    /// Keep every cell's alpha as it is instead of binarising it.
+    #[arg(long, conflicts_with = "binary_alpha")]
     keep_alpha: bool,
+    /// Only opaque and transparent, even where the sprite has a translucent level (a
+    /// shadow or glow drawn at one alpha), which is otherwise kept.
+    #[arg(long)]
+    binary_alpha: bool,
     /// Alpha at or above this is opaque when binarising.
     #[arg(long, default_value_t = 128)]
     alpha_threshold: u8,
@@ -307,7 +311,11 @@ fn snap_options(args: &RestoreArgs) -> Result<SnapOptions> {
         grid: GridOptions { cell_size: args.cell_size, cells: args.grid, offset: args.offset, ..GridOptions::default() },
         decode: DecodeOptions {
             palette,
-            alpha: if args.keep_alpha { AlphaMode::Keep } else { AlphaMode::Binary { threshold: args.alpha_threshold } },
+            alpha: match (args.keep_alpha, args.binary_alpha) {
+                (true, _) => AlphaMode::Keep,
+                (false, true) => AlphaMode::Binary { threshold: args.alpha_threshold },
+                (false, false) => AlphaMode::Levels { threshold: args.alpha_threshold },
+            },
             remove_background: args.remove_background,
             remove_strays: args.remove_strays,
         },

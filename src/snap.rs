@@ -118,4 +118,37 @@ mod tests {
             assert_eq!(restored.grid.x_lines != grid.x_lines, moves, "scale {scale}: lines {:?}", restored.grid.x_lines);
         }
     }
+
+    /// A sprite with a shadow drawn at alpha 127, upscaled 3x by bicubic with blur and
+    /// noise: by default the shadow keeps its level (to the eval's tolerance of 8) and
+    /// its black, while binary alpha drops it.
+    #[test]
+    fn a_translucent_shadow_keeps_its_level_unless_alpha_is_binary() {
+        let shadow = |x: u32, y: u32| (2..8).contains(&x) && (9..12).contains(&y);
+        let clean = RgbaImage::from_fn(12, 12, |x, y| match (x, y) {
+            _ if shadow(x, y) => image::Rgba([0, 0, 0, 127]),
+            (2..=9, 1..=7) => image::Rgba(if (x + y) % 3 == 0 { [220, 180, 40, 255] } else { [60, 90, 170, 255] }),
+            _ => image::Rgba([0, 0, 0, 0]),
+        });
+        let cfg = DegradeConfig { scale: [3.0, 3.0], kernels: vec![Kernel::Bicubic], blur_probability: 1.0, blur_sigma: [0.5, 0.5], ..DegradeConfig::default() };
+        let degraded = degrade(&clean, &cfg, 5);
+        let grid = true_grid(&degraded);
+        let restore_with = |alpha| {
+            let mut cells = reduce_cells(&degraded.image, &grid);
+            let fit = deconvolve::refine(&degraded.image, &grid, &mut cells);
+            let opts = SnapOptions { decode: DecodeOptions { alpha, ..DecodeOptions::default() }, ..SnapOptions::default() };
+            finish(&cells, &opts, grid.clone(), fit).image
+        };
+        let levels = restore_with(crate::decoder::AlphaMode::Levels { threshold: 128 });
+        let binary = restore_with(crate::decoder::AlphaMode::Binary { threshold: 128 });
+        for (x, y, p) in levels.enumerate_pixels() {
+            if shadow(x, y) {
+                assert!(p[3].abs_diff(127) <= 8 && p[0].max(p[1]).max(p[2]) <= 8, "({x}, {y}): {p:?}");
+            } else {
+                assert!(p[3] == 0 || p[3] == 255, "({x}, {y}): {p:?}");
+            }
+        }
+        assert!(binary.pixels().all(|p| p[3] == 0 || p[3] == 255));
+        assert!(binary.enumerate_pixels().filter(|(x, y, _)| shadow(*x, *y)).all(|(_, _, p)| p[3] == 0));
+    }
 }
