@@ -130,7 +130,15 @@ mod tests {
             (2..=9, 1..=7) => image::Rgba(if (x + y) % 3 == 0 { [220, 180, 40, 255] } else { [60, 90, 170, 255] }),
             _ => image::Rgba([0, 0, 0, 0]),
         });
-        let cfg = DegradeConfig { scale: [3.0, 3.0], kernels: vec![Kernel::Bicubic], blur_probability: 1.0, blur_sigma: [0.5, 0.5], ..DegradeConfig::default() };
+        let cfg = DegradeConfig {
+            scale: [3.0, 3.0],
+            kernels: vec![Kernel::Bicubic],
+            blur_probability: 1.0,
+            blur_sigma: [0.5, 0.5],
+            noise_probability: 1.0,
+            noise_sigma: [3.0, 3.0],
+            ..DegradeConfig::default()
+        };
         let degraded = degrade(&clean, &cfg, 5);
         let grid = true_grid(&degraded);
         let restore_with = |alpha| {

@@ -122,8 +122,8 @@ pub enum AlphaMode {
 
 /// Translucent levels are looked for between these alphas: edges of an opaque sprite
 /// leave cells within about 64 of transparent and opaque after a blurred upscale is undone
-/// (37-65 and 204-222 on the tuning pairs), while sprites draw their translucent areas
-/// mostly at 127 and 191 (the clean sprites' commonest levels).
+/// (37-65 and 204-222 on the tuning pairs), while the clean sprites' commonest levels
+/// past that are 127, 76, 167, 84, 191 and 194.
 const LEVEL_ALPHAS: std::ops::RangeInclusive<u16> = 64..=200;
 /// A level's cells lie within this alpha of its centre...
 const LEVEL_HALF_WIDTH: f32 = 8.0;

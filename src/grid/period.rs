@@ -538,6 +538,7 @@ fn tooth_mean(profile: &[f32], period: f32, phase: f32) -> f32 {
 /// agree on best (summed windowed lifts) is found first, then each axis is fitted on its
 /// own within [`MAX_ASPECT`] of it. One axis alone is easily fooled by features drawn at
 /// half a cell, or by an axis with few edges; together they rarely are.
+///
 /// Tileable textures (walls, floors) repeat every few cells with their strongest edges on
 /// the tile's border; below about 5 px per cell that comb can outrank the cells' own.
 /// When both axes show a finer grid between the teeth ([`finer_grid_contrast`]), the
