@@ -519,23 +519,20 @@ impl PixelRestorer {
     /// the diffusion sampler). An input larger than a tile ([`Tiling::default`]) is
     /// predicted in overlapping tiles, each seeded from the input's seed and its index.
     pub fn predict(&self, input: &Tensor, seeds: &[u64]) -> anyhow::Result<Tensor> {
-        let tiling = Tiling::default();
-        let (b, _, h, w) = input.dims4()?;
-        if h <= tiling.tile && w <= tiling.tile {
-            return self.predict_whole(input, seeds);
+        tiled(input, seeds, |tiles, tile_seeds| self.predict_whole(tiles, tile_seeds))
+    }
+
+    /// A diffusion model's base prediction (the fast model its sampler refines) for a
+    /// batch of encoder inputs, tiled as [`PixelRestorer::predict`] tiles; `None` for the
+    /// fast model and for a diffusion model without a base.
+    pub fn base_prediction(&self, input: &Tensor) -> anyhow::Result<Option<Tensor>> {
+        let Self::Diffusion(m) = self else { return Ok(None) };
+        if m.base.is_none() {
+            return Ok(None);
         }
-        if seeds.len() != b {
-            bail!("{} seeds for a batch of {b} inputs", seeds.len());
-        }
-        let images = (0..b)
-            .map(|i| {
-                map_tiles(&input.narrow(0, i, 1)?, tiling, |tiles, first| {
-                    let tile_seeds: Vec<u64> = (first..first + tiles.dim(0)?).map(|t| crate::rng::derive_seed(seeds[i], &[t as u64])).collect();
-                    self.predict_whole(tiles, &tile_seeds)
-                })
-            })
-            .collect::<anyhow::Result<Vec<_>>>()?;
-        Ok(Tensor::cat(&images, 0)?)
+        let seeds = vec![0; input.dim(0)?];
+        let base = tiled(input, &seeds, |tiles, _| Ok(m.base_prediction(tiles)?.expect("a base").clamp(-1.0, 1.0)?))?;
+        Ok(Some(base))
     }
 
     fn predict_whole(&self, input: &Tensor, seeds: &[u64]) -> anyhow::Result<Tensor> {
@@ -544,6 +541,29 @@ impl PixelRestorer {
             Self::Diffusion(m) => m.sample(input, seeds),
         }
     }
+}
+
+/// `net` on a batch of encoder inputs, one seed per input: in one piece, or for an input
+/// larger than a tile ([`Tiling::default`]) in overlapping tiles, each seeded from the
+/// input's seed and its index.
+fn tiled(input: &Tensor, seeds: &[u64], net: impl Fn(&Tensor, &[u64]) -> anyhow::Result<Tensor>) -> anyhow::Result<Tensor> {
+    let tiling = Tiling::default();
+    let (b, _, h, w) = input.dims4()?;
+    if h <= tiling.tile && w <= tiling.tile {
+        return net(input, seeds);
+    }
+    if seeds.len() != b {
+        bail!("{} seeds for a batch of {b} inputs", seeds.len());
+    }
+    let images = (0..b)
+        .map(|i| {
+            map_tiles(&input.narrow(0, i, 1)?, tiling, |tiles, first| {
+                let tile_seeds: Vec<u64> = (first..first + tiles.dim(0)?).map(|t| crate::rng::derive_seed(seeds[i], &[t as u64])).collect();
+                net(tiles, &tile_seeds)
+            })
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    Ok(Tensor::cat(&images, 0)?)
 }
 
 /// The cells as the snap decoder fits them (see [`PixelRestorerConfig::fitted_cells`]):
@@ -572,6 +592,8 @@ pub struct EncodedImage {
     pub cells: CellColours,
     /// The fitted cells, for a model that reads them.
     pub fitted: Option<CellColours>,
+    /// The cells the snap decoder decodes: fitted under the blur model where there is one.
+    pub decoder_cells: CellColours,
     /// The blur model the decoder fitted to the image, if it was upscaled by an
     /// interpolating kernel: the palette stage chooses colours by it (see
     /// [`crate::snap::finish`]).
@@ -589,7 +611,7 @@ pub fn encode_image(image: &RgbaImage, grid_opts: &GridOptions, cfg: &PixelResto
     let grid = analyse(image, grid_opts)?;
     let cells = reduce_cells(image, &grid);
     let (fitted_cells, fit) = fit_cells(image, &grid, &cells);
-    let fitted = cfg.fitted_cells.then_some(fitted_cells);
+    let fitted = cfg.fitted_cells.then(|| fitted_cells.clone());
     let factor = cfg.factor;
     let multiple = cfg.size_multiple() as u32;
     let (pad_cols, pad_rows) = (grid.cols().div_ceil(multiple) * multiple, grid.rows().div_ceil(multiple) * multiple);
@@ -599,7 +621,7 @@ pub fn encode_image(image: &RgbaImage, grid_opts: &GridOptions, cfg: &PixelResto
     if let Some(fitted) = &fitted {
         input = Tensor::cat(&[&input, &image_to_tensor(&padded(&cells_image(fitted), 1), device)?], 1)?;
     }
-    Ok(EncodedImage { grid, cells, fitted, fit, input })
+    Ok(EncodedImage { grid, cells, fitted, decoder_cells: fitted_cells, fit, input })
 }
 
 /// The decoder's palette and alpha stage on a predicted sprite: the prediction (1, 4, H', W')
@@ -701,7 +723,9 @@ impl LoadedPixelRestorer {
 /// overrides), rectification, the model, then the decoder's palette and alpha stage
 /// ([`crate::snap::finish`]: where the decoder fitted a blur model, the palette colours
 /// and each cell's choice among them are refitted to the image, starting from the
-/// model's).
+/// model's). Where that stage runs, it also runs from a diffusion model's base prediction
+/// and from the decoder's own fit, and the sprite that explains the image best is kept
+/// ([`crate::snap::finish_best`]).
 pub fn restore_image(
     model: &PixelRestorer,
     config: &PixelRestorerConfig,
@@ -710,9 +734,19 @@ pub fn restore_image(
     seed: u64,
 ) -> anyhow::Result<crate::snap::Restored> {
     let encoded = encode_image(image, &opts.grid, config, &Device::Cpu)?;
-    let pred = model.predict(&encoded.input, &[seed])?;
-    let cells = predicted_cells(&pred, &encoded.cells, encoded.fitted.as_ref(), config.trust_flat_cells_below)?;
-    Ok(crate::snap::finish(&cells, opts, encoded.grid, encoded.fit))
+    let cells_of = |pred: &Tensor| predicted_cells(pred, &encoded.cells, encoded.fitted.as_ref(), config.trust_flat_cells_below);
+    // The model's cells first (they win ties), then, for a diffusion model, its base
+    // model's, then the decoder's own fit: each later candidate is one a simpler restorer
+    // would have given.
+    let mut candidates = vec![cells_of(&model.predict(&encoded.input, &[seed])?)?];
+    if crate::snap::has_palette_stage(&encoded.grid, encoded.fit.as_ref()) {
+        if let Some(base) = model.base_prediction(&encoded.input)? {
+            candidates.push(cells_of(&base)?);
+        }
+    }
+    candidates.push(encoded.decoder_cells);
+    let candidates: Vec<&CellColours> = candidates.iter().collect();
+    Ok(crate::snap::finish_best(&candidates, opts, encoded.grid, encoded.fit))
 }
 
 #[cfg(test)]

@@ -2,7 +2,7 @@
 //! The fastest restorer of the engine, and the last stage of every learned one.
 
 use crate::decoder::deconvolve::{self, BlurFit, BlurModel};
-use crate::decoder::{decode_fitted, reduce_cells, CellColours, DecodeOptions};
+use crate::decoder::{decode_fitted, reduce_cells, CellColours, DecodeOptions, MERGE_PENALTY};
 use crate::grid::{analyse, Grid, GridError, GridOptions};
 use image::RgbaImage;
 use serde::Serialize;
@@ -53,9 +53,46 @@ pub const PALETTE_STAGE_MAX_CELL: f32 = 6.0;
 /// [`PALETTE_STAGE_MAX_CELL`]: the last stage of every restorer. The fit may move the
 /// grid's lines to where the image says they are (unless the user gave the grid), and the
 /// result reports them.
-pub fn finish(cells: &CellColours, opts: &SnapOptions, mut grid: Grid, mut fit: Option<BlurFit>) -> Restored {
+pub fn finish(cells: &CellColours, opts: &SnapOptions, grid: Grid, fit: Option<BlurFit>) -> Restored {
+    finish_refined(cells, opts, grid, fit).0
+}
+
+/// [`finish`] of each set of cells in `candidates` (a model's prediction, the decoder's
+/// own fit, ...), keeping the sprite that explains the image best under the blur model
+/// its palette stage refined ([`BlurFit::explanation`]), each of its colours counting
+/// the palette stage's merge penalty (`MERGE_PENALTY`, 150) times the image's noise: the
+/// criterion by which that stage merges colours, so a colour must lower the residual by
+/// that much to be worth keeping.
+/// The noise is the lowest the candidates measure. Without a palette stage (no blur
+/// model, or cells of [`PALETTE_STAGE_MAX_CELL`] or more) only the first is finished.
+pub fn finish_best(candidates: &[&CellColours], opts: &SnapOptions, grid: Grid, fit: Option<BlurFit>) -> Restored {
+    let Some((first, others)) = candidates.split_first() else { panic!("finish_best needs a candidate") };
+    if !has_palette_stage(&grid, fit.as_ref()) || others.is_empty() {
+        return finish(first, opts, grid, fit);
+    }
+    let finished: Vec<(Restored, Option<(f64, f64)>)> = candidates
+        .iter()
+        .map(|cells| {
+            let (restored, refined) = finish_refined(cells, opts, grid.clone(), fit.clone());
+            let explanation = refined.and_then(|f| f.explanation(&restored.image));
+            (restored, explanation)
+        })
+        .collect();
+    let noise = finished.iter().filter_map(|(_, e)| e.map(|e| e.1)).fold(f64::INFINITY, f64::min);
+    let cost = |(restored, explanation): &(Restored, Option<(f64, f64)>)| explanation.map_or(f64::INFINITY, |(residual, _)| residual + MERGE_PENALTY * noise * restored.palette.len() as f64);
+    let best = (1..finished.len()).fold(0, |best, i| if cost(&finished[i]) < cost(&finished[best]) { i } else { best });
+    finished.into_iter().nth(best).expect("an index of finished").0
+}
+
+/// Whether [`finish`] runs the palette stage under the blur model `fit` on `grid`'s cells.
+pub fn has_palette_stage(grid: &Grid, fit: Option<&BlurFit>) -> bool {
+    fit.is_some() && grid.cell_width.min(grid.cell_height) < PALETTE_STAGE_MAX_CELL
+}
+
+/// [`finish`], with the blur model as its palette stage left it (`None` without one).
+fn finish_refined(cells: &CellColours, opts: &SnapOptions, mut grid: Grid, mut fit: Option<BlurFit>) -> (Restored, Option<BlurFit>) {
     let blur = fit.as_ref().map(|f| f.model);
-    if grid.cell_width.min(grid.cell_height) >= PALETTE_STAGE_MAX_CELL {
+    if !has_palette_stage(&grid, fit.as_ref()) {
         fit = None;
     }
     if let Some(fit) = fit.as_mut() {
@@ -69,8 +106,8 @@ pub fn finish(cells: &CellColours, opts: &SnapOptions, mut grid: Grid, mut fit: 
         grid.x_lines = x_lines.to_vec();
         grid.y_lines = y_lines.to_vec();
     }
-    let blur = fit.map(|f| f.model).or(blur);
-    Restored { image: decoded.image, grid, palette: decoded.palette, blur }
+    let blur = fit.as_ref().map(|f| f.model).or(blur);
+    (Restored { image: decoded.image, grid, palette: decoded.palette, blur }, fit)
 }
 
 /// Whether the user gave the grid's cell size, cell count or phase: the decoder then
@@ -158,5 +195,44 @@ mod tests {
         }
         assert!(binary.pixels().all(|p| p[3] == 0 || p[3] == 255));
         assert!(binary.enumerate_pixels().filter(|(x, y, _)| shadow(*x, *y)).all(|(_, _, p)| p[3] == 0));
+    }
+
+    /// A learned model's cells compete with the decoder's own fit: a prediction that
+    /// explains the image badly (every cell one grey, which the palette stage cannot
+    /// recover from: its palette has one colour) loses to the fit, whichever comes first,
+    /// and the winner is what [`finish`] makes of it.
+    #[test]
+    fn the_cells_that_explain_the_image_best_win() {
+        let mut rng = rng_from_seed(7);
+        let colours: [[u8; 3]; 5] = [[30, 30, 40], [200, 60, 50], [90, 170, 100], [240, 220, 120], [70, 90, 200]];
+        let clean = RgbaImage::from_fn(12, 12, |_, _| {
+            let [r, g, b] = colours[rng.random_range(0..colours.len())];
+            image::Rgba([r, g, b, 255])
+        });
+        let cfg = DegradeConfig {
+            scale: [3.0, 3.0],
+            kernels: vec![Kernel::Bicubic],
+            blur_probability: 1.0,
+            blur_sigma: [0.6, 0.6],
+            noise_probability: 1.0,
+            noise_sigma: [3.0, 3.0],
+            ..DegradeConfig::default()
+        };
+        let degraded = degrade(&clean, &cfg, 7);
+        let grid = true_grid(&degraded);
+        let mut fitted = reduce_cells(&degraded.image, &grid);
+        let fit = deconvolve::refine(&degraded.image, &grid, &mut fitted).expect("a bicubic model");
+        let mut grey = fitted.clone();
+        grey.colour.iter_mut().for_each(|c| *c = crate::colour::srgb8_to_oklab([128, 128, 128]));
+        let opts = SnapOptions::default();
+        let own = finish(&fitted, &opts, grid.clone(), Some(fit.clone()));
+        assert_eq!(own.palette.len(), colours.len(), "the fit alone finds the five colours");
+        for candidates in [[&grey, &fitted], [&fitted, &grey]] {
+            let best = finish_best(&candidates, &opts, grid.clone(), Some(fit.clone()));
+            assert_eq!(best.image, own.image);
+        }
+        // A single candidate is finished as it is, however badly it explains the image.
+        let alone = finish_best(&[&grey], &opts, grid.clone(), Some(fit));
+        assert_eq!(alone.palette.len(), 1);
     }
 }

@@ -114,7 +114,7 @@ const MIN_FITTED_ALPHA: f32 = 1.0 / 255.0;
 
 /// One axis of the model: each screen pixel inside the grid as a weighted sum of
 /// consecutive cells.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 struct AxisOperator {
     cells: usize,
     /// Screen index of each fitted pixel (those whose centre lies inside the grid).
@@ -280,7 +280,7 @@ fn gaussian(sigma: f32) -> Vec<f32> {
 
 /// A symmetric `n` x `n` band matrix of half-width `half`, row `i` holding columns
 /// `i - half ..= i + half`.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 struct Band {
     n: usize,
     half: usize,
@@ -465,6 +465,7 @@ fn all_within(set: &[bool], len: usize, lines: usize, step: usize, line_step: us
 
 /// One model's least-squares problem on one grid: the axis operators, their Gram
 /// matrices and the ridge weight.
+#[derive(Clone)]
 struct Problem {
     model: BlurModel,
     ax: AxisOperator,
@@ -682,6 +683,7 @@ const CLAMPED_LESS_BLUR: usize = 1;
 /// than its kernel. The model is linearised about the current cells: the image is
 /// `A X + B (clamp(U X) − U X)`, `U` the upscale and `B` the blur, the second term taken
 /// from the previous fit and moved to the observations' side ([`fit_clamped`]).
+#[derive(Clone)]
 struct UpscaleClamp {
     /// The kernel's upscale alone (no blur) at every pixel inside the grid.
     upscale: Problem,
@@ -1061,6 +1063,7 @@ const MAX_MERGE_TESTED_COLOURS: usize = 128;
 
 /// The model [`refine`] fitted and what it was fitted to, for choosing palette colours by
 /// the image itself ([`BlurFit::reassign`], [`BlurFit::refit_palette`]).
+#[derive(Clone)]
 pub struct BlurFit {
     pub model: BlurModel,
     /// The fitted model at every pixel, on the current lines.
@@ -1081,6 +1084,7 @@ pub struct BlurFit {
 
 /// A model of the image through some grid lines, at the pixels `stride` divides: the
 /// problem, and the clamp of a ringing kernel's upscale through the same lines.
+#[derive(Clone)]
 struct LinesModel {
     problem: Problem,
     clamp: Option<UpscaleClamp>,
@@ -1088,6 +1092,7 @@ struct LinesModel {
 }
 
 /// A grid's lines on an image of `width` x `height` pixels.
+#[derive(Clone)]
 struct FitAxes {
     x_lines: Vec<f32>,
     y_lines: Vec<f32>,
@@ -1385,7 +1390,7 @@ impl BlurFit {
         let targets = self.targets(&self.current, sprite);
         // The image's noise, as far as the model sees: its residual per colour sample
         // where the colours are (transparent margins fit exactly and would dilute it).
-        let opaque_noise = self.opaque_residual(&targets, sprite, index);
+        let opaque_noise = self.opaque_residual(&targets, sprite);
         let cells = self.cell_data_of(&self.current, targets);
         let Some(mut system) = Self::palette_system(&self.current.problem, &cells, sprite, index, palette) else { return 0 };
         if system.used.len() > MAX_MERGE_TESTED_COLOURS {
@@ -1414,14 +1419,31 @@ impl BlurFit {
         merges
     }
 
-    /// The mean squared residual of `sprite` (drawn with the palette indices `index`) per
-    /// sample and colour plane against its `targets` ([`BlurFit::targets`] under the
-    /// current model), over the samples whose cell, the one weighing most in them, is
-    /// opaque; `None` when there are none.
-    fn opaque_residual(&self, targets: &[Vec<f32>], sprite: &RgbaImage, index: &[Option<usize>]) -> Option<f64> {
+    /// How well `sprite` (decoded cells, one pixel per cell) explains the image under the
+    /// current model: its squared residual summed over every sample and plane, alpha
+    /// included, and the image's noise as [`BlurFit::merge_unsupported_colours`] measures
+    /// it (per sample and colour plane, where the sprite is opaque, else everywhere).
+    /// `None` when the sprite is not the size of the model's cells.
+    pub fn explanation(&self, sprite: &RgbaImage) -> Option<(f64, f64)> {
+        let problem = &self.current.problem;
+        if sprite.dimensions() != (problem.ax.cells as u32, problem.ay.cells as u32) {
+            return None;
+        }
+        let targets = self.targets(&self.current, sprite);
+        let noise = self.opaque_residual(&targets, sprite);
+        let cells = self.cell_data_of(&self.current, targets);
+        let noise = noise.unwrap_or_else(|| Self::residual_of(problem, &cells, sprite, 0..3));
+        let residual = Self::residual_of(problem, &cells, sprite, 0..4) * (4 * cells.samples) as f64;
+        Some((residual, noise))
+    }
+
+    /// The mean squared residual of `sprite` per sample and colour plane against its
+    /// `targets` ([`BlurFit::targets`] under the current model), over the samples whose
+    /// cell, the one weighing most in them, is opaque; `None` when there are none.
+    fn opaque_residual(&self, targets: &[Vec<f32>], sprite: &RgbaImage) -> Option<f64> {
         let problem = &self.current.problem;
         let (ax, ay) = (&problem.ax, &problem.ay);
-        if sprite.dimensions() != (ax.cells as u32, ay.cells as u32) || index.len() != ax.cells * ay.cells {
+        if sprite.dimensions() != (ax.cells as u32, ay.cells as u32) {
             return None;
         }
         let heaviest_cell = |axis: &AxisOperator| -> Vec<usize> {
@@ -1433,7 +1455,7 @@ impl BlurFit {
                 .collect()
         };
         let (col_of, row_of) = (heaviest_cell(ax), heaviest_cell(ay));
-        let opaque: Vec<bool> = sprite.pixels().zip(index).map(|(p, i)| i.is_some() && p[3] == 255).collect();
+        let opaque: Vec<bool> = sprite.pixels().map(|p| p[3] == 255).collect();
         let counted: Vec<bool> = row_of.iter().flat_map(|&r| col_of.iter().map(move |&c| (r, c))).map(|(r, c)| opaque[r * ax.cells + c]).collect();
         let samples = counted.iter().filter(|&&c| c).count();
         if samples == 0 {
@@ -2153,9 +2175,8 @@ mod tests {
         let grid = true_grid(&degraded);
         let mut cells = reduce_cells(&degraded.image, &grid);
         let fit = refine(&degraded.image, &grid, &mut cells).expect("a bicubic model");
-        let (_, index) = palette_and_index(&clean);
         let noise = (3.0f64 / 255.0).powi(2);
-        let opaque = fit.opaque_residual(&fit.targets(&fit.current, &clean), &clean, &index).expect("opaque cells");
+        let opaque = fit.opaque_residual(&fit.targets(&fit.current, &clean), &clean).expect("opaque cells");
         assert!((0.5 * noise..=2.0 * noise).contains(&opaque), "opaque residual {opaque:e}, noise {noise:e}");
         let whole = BlurFit::residual_of(&fit.current.problem, &fit.cell_data(&fit.current, &clean), &clean, 0..3);
         assert!(whole < opaque / 3.0, "whole image {whole:e}, opaque {opaque:e}");
