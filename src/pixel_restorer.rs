@@ -738,15 +738,16 @@ pub fn restore_image(
     // The model's cells first (they win ties), then, for a diffusion model, its base
     // model's, then the decoder's own fit: each later candidate is one a simpler restorer
     // would have given.
-    let mut candidates = vec![cells_of(&model.predict(&encoded.input, &[seed])?)?];
+    let predicted = cells_of(&model.predict(&encoded.input, &[seed])?)?;
+    let mut others = Vec::new();
     if crate::snap::has_palette_stage(&encoded.grid, encoded.fit.as_ref()) {
         if let Some(base) = model.base_prediction(&encoded.input)? {
-            candidates.push(cells_of(&base)?);
+            others.push(cells_of(&base)?);
         }
     }
-    candidates.push(encoded.decoder_cells);
-    let candidates: Vec<&CellColours> = candidates.iter().collect();
-    Ok(crate::snap::finish_best(&candidates, opts, encoded.grid, encoded.fit))
+    others.push(encoded.decoder_cells);
+    let others: Vec<&CellColours> = others.iter().collect();
+    Ok(crate::snap::finish_best(&predicted, &others, opts, encoded.grid, encoded.fit))
 }
 
 #[cfg(test)]

@@ -57,21 +57,20 @@ pub fn finish(cells: &CellColours, opts: &SnapOptions, grid: Grid, fit: Option<B
     finish_refined(cells, opts, grid, fit).0
 }
 
-/// [`finish`] of each set of cells in `candidates` (a model's prediction, the decoder's
-/// own fit, ...), keeping the sprite that explains the image best under the blur model
+/// [`finish`] of `first` and each set of cells in `others` (a model's prediction, the
+/// decoder's own fit, ...), keeping the sprite that explains the image best under the blur model
 /// its palette stage refined ([`BlurFit::explanation`]), each of its colours counting
 /// the palette stage's merge penalty (`MERGE_PENALTY`, 150) times the image's noise: the
 /// criterion by which that stage merges colours, so a colour must lower the residual by
-/// that much to be worth keeping.
-/// The noise is the lowest the candidates measure. Without a palette stage (no blur
-/// model, or cells of [`PALETTE_STAGE_MAX_CELL`] or more) only the first is finished.
-pub fn finish_best(candidates: &[&CellColours], opts: &SnapOptions, grid: Grid, fit: Option<BlurFit>) -> Restored {
-    let Some((first, others)) = candidates.split_first() else { panic!("finish_best needs a candidate") };
+/// that much to be worth keeping. The noise is the lowest the candidates measure; ties go
+/// to the earlier. Without a palette stage (no blur model, or cells of
+/// [`PALETTE_STAGE_MAX_CELL`] or more) only `first` is finished.
+pub fn finish_best(first: &CellColours, others: &[&CellColours], opts: &SnapOptions, grid: Grid, fit: Option<BlurFit>) -> Restored {
     if !has_palette_stage(&grid, fit.as_ref()) || others.is_empty() {
         return finish(first, opts, grid, fit);
     }
-    let finished: Vec<(Restored, Option<(f64, f64)>)> = candidates
-        .iter()
+    let finished: Vec<(Restored, Option<(f64, f64)>)> = std::iter::once(first)
+        .chain(others.iter().copied())
         .map(|cells| {
             let (restored, refined) = finish_refined(cells, opts, grid.clone(), fit.clone());
             let explanation = refined.and_then(|f| f.explanation(&restored.image));
@@ -227,12 +226,12 @@ mod tests {
         let opts = SnapOptions::default();
         let own = finish(&fitted, &opts, grid.clone(), Some(fit.clone()));
         assert_eq!(own.palette.len(), colours.len(), "the fit alone finds the five colours");
-        for candidates in [[&grey, &fitted], [&fitted, &grey]] {
-            let best = finish_best(&candidates, &opts, grid.clone(), Some(fit.clone()));
+        for (first, other) in [(&grey, &fitted), (&fitted, &grey)] {
+            let best = finish_best(first, &[other], &opts, grid.clone(), Some(fit.clone()));
             assert_eq!(best.image, own.image);
         }
         // A single candidate is finished as it is, however badly it explains the image.
-        let alone = finish_best(&[&grey], &opts, grid.clone(), Some(fit));
+        let alone = finish_best(&grey, &[], &opts, grid.clone(), Some(fit));
         assert_eq!(alone.palette.len(), 1);
     }
 }
