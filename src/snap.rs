@@ -118,7 +118,7 @@ fn user_placed_lines(opts: &GridOptions) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::decoder::deconvolve::test_grids::{shifted_grid, true_grid};
+    use crate::decoder::deconvolve::test_grids::{noisy_bicubic, shifted_grid, true_grid};
     use crate::degrade::{degrade, DegradeConfig, Kernel};
     use crate::rng::rng_from_seed;
     use rand::Rng;
@@ -166,16 +166,7 @@ mod tests {
             (2..=9, 1..=7) => image::Rgba(if (x + y) % 3 == 0 { [220, 180, 40, 255] } else { [60, 90, 170, 255] }),
             _ => image::Rgba([0, 0, 0, 0]),
         });
-        let cfg = DegradeConfig {
-            scale: [3.0, 3.0],
-            kernels: vec![Kernel::Bicubic],
-            blur_probability: 1.0,
-            blur_sigma: [0.5, 0.5],
-            noise_probability: 1.0,
-            noise_sigma: [3.0, 3.0],
-            ..DegradeConfig::default()
-        };
-        let degraded = degrade(&clean, &cfg, 5);
+        let degraded = degrade(&clean, &noisy_bicubic(3.0, 0.5), 5);
         let grid = true_grid(&degraded);
         let restore_with = |alpha| {
             let mut cells = reduce_cells(&degraded.image, &grid);
@@ -208,16 +199,7 @@ mod tests {
             let [r, g, b] = colours[rng.random_range(0..colours.len())];
             image::Rgba([r, g, b, 255])
         });
-        let cfg = DegradeConfig {
-            scale: [3.0, 3.0],
-            kernels: vec![Kernel::Bicubic],
-            blur_probability: 1.0,
-            blur_sigma: [0.6, 0.6],
-            noise_probability: 1.0,
-            noise_sigma: [3.0, 3.0],
-            ..DegradeConfig::default()
-        };
-        let degraded = degrade(&clean, &cfg, 7);
+        let degraded = degrade(&clean, &noisy_bicubic(3.0, 0.6), 7);
         let grid = true_grid(&degraded);
         let mut fitted = reduce_cells(&degraded.image, &grid);
         let fit = deconvolve::refine(&degraded.image, &grid, &mut fitted).expect("a bicubic model");

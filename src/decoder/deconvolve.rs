@@ -1736,8 +1736,22 @@ fn solve_symmetric(a: &mut [f64], b: &mut [[f64; 3]], m: usize) -> Option<Vec<[f
 /// Grids for the tests of this module and of [`crate::snap`].
 #[cfg(test)]
 pub(crate) mod test_grids {
-    use crate::degrade::Degraded;
+    use crate::degrade::{DegradeConfig, Degraded, Kernel};
     use crate::grid::Grid;
+
+    /// A bicubic upscale by `scale`, blurred by `blur`, with noise of σ 3 (the `seed`
+    /// preset at one scale and blur).
+    pub(crate) fn noisy_bicubic(scale: f32, blur: f32) -> DegradeConfig {
+        DegradeConfig {
+            scale: [scale, scale],
+            kernels: vec![Kernel::Bicubic],
+            blur_probability: 1.0,
+            blur_sigma: [blur, blur],
+            noise_probability: 1.0,
+            noise_sigma: [3.0, 3.0],
+            ..DegradeConfig::default()
+        }
+    }
 
     /// The grid the degradation drew, with its outer lines on the image borders.
     pub(crate) fn true_grid(d: &Degraded) -> Grid {
@@ -1764,7 +1778,7 @@ pub(crate) mod test_grids {
 
 #[cfg(test)]
 mod tests {
-    use super::test_grids::{shifted_grid, true_grid};
+    use super::test_grids::{noisy_bicubic, shifted_grid, true_grid};
     use super::*;
     use crate::colour::oklab_to_srgb8;
     use crate::decoder::reduce_cells;
@@ -1797,20 +1811,6 @@ mod tests {
             ..DegradeConfig::default()
         };
         degrade(clean, &cfg, seed)
-    }
-
-    /// A bicubic upscale by `scale`, blurred by `blur`, with noise of σ 3 (the `seed`
-    /// preset at one scale and blur).
-    fn noisy_bicubic(scale: f32, blur: f32) -> DegradeConfig {
-        DegradeConfig {
-            scale: [scale, scale],
-            kernels: vec![Kernel::Bicubic],
-            blur_probability: 1.0,
-            blur_sigma: [blur, blur],
-            noise_probability: 1.0,
-            noise_sigma: [3.0, 3.0],
-            ..DegradeConfig::default()
-        }
     }
 
     /// A dense copy of an axis operator: fitted pixels x cells.
