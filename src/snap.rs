@@ -5,6 +5,7 @@ use crate::decoder::deconvolve::{self, BlurFit, BlurModel};
 use crate::decoder::{decode_fitted, reduce_cells, CellColours, DecodeOptions, MERGE_PENALTY};
 use crate::grid::{analyse, Grid, GridError, GridOptions};
 use image::RgbaImage;
+use rayon::prelude::*;
 use serde::Serialize;
 
 /// Everything the snap restorer can be told.
@@ -69,8 +70,11 @@ pub fn finish_best(first: &CellColours, others: &[&CellColours], opts: &SnapOpti
     if !has_palette_stage(&grid, fit.as_ref()) || others.is_empty() {
         return finish(first, opts, grid, fit);
     }
-    let finished: Vec<(Restored, Option<(f64, f64)>)> = std::iter::once(first)
-        .chain(others.iter().copied())
+    // Each candidate's palette stage on a thread of its own where the pool has one free
+    // (one image restored on several cores); in a batch the images keep the pool busy.
+    let candidates: Vec<&CellColours> = std::iter::once(first).chain(others.iter().copied()).collect();
+    let finished: Vec<(Restored, Option<(f64, f64)>)> = candidates
+        .par_iter()
         .map(|cells| {
             let (restored, refined) = finish_refined(cells, opts, grid.clone(), fit.clone());
             let explanation = refined.and_then(|f| f.explanation(&restored.image));
