@@ -26,7 +26,8 @@
 //!    turn ([`PALETTE_REFITS`] rounds); the model's blur and grid lines are refined
 //!    against the image with the cells tied to the palette, and colours the image does not
 //!    tell apart merge ([`MERGE_PENALTY`]);
-//! 3. binarises alpha at a threshold (or keeps the levels), optionally turns a flat
+//! 3. binarises alpha at a threshold, except cells on a translucent level the sprite
+//!    draws with ([`alpha_levels`]; or keeps every cell's alpha), optionally turns a flat
 //!    background into transparency and optionally removes isolated stray pixels.
 
 pub mod deconvolve;
