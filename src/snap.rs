@@ -83,8 +83,8 @@ pub fn finish_best(first: &CellColours, others: &[&CellColours], opts: &SnapOpti
         .collect();
     let noise = finished.iter().filter_map(|(_, e)| e.map(|e| e.1)).fold(f64::INFINITY, f64::min);
     let cost = |(restored, explanation): &(Restored, Option<(f64, f64)>)| explanation.map_or(f64::INFINITY, |(residual, _)| residual + MERGE_PENALTY * noise * restored.palette.len() as f64);
-    let best = (1..finished.len()).fold(0, |best, i| if cost(&finished[i]) < cost(&finished[best]) { i } else { best });
-    finished.into_iter().nth(best).expect("an index of finished").0
+    // `min_by` keeps the first of equals.
+    finished.into_iter().min_by(|a, b| cost(a).total_cmp(&cost(b))).expect("at least two candidates").0
 }
 
 /// Whether [`finish`] runs the palette stage under the blur model `fit` on `grid`'s cells.
@@ -172,11 +172,11 @@ mod tests {
         });
         let degraded = degrade(&clean, &noisy_bicubic(3.0, 0.5), 5);
         let grid = true_grid(&degraded);
+        let mut cells = reduce_cells(&degraded.image, &grid);
+        let fit = deconvolve::refine(&degraded.image, &grid, &mut cells);
         let restore_with = |alpha| {
-            let mut cells = reduce_cells(&degraded.image, &grid);
-            let fit = deconvolve::refine(&degraded.image, &grid, &mut cells);
             let opts = SnapOptions { decode: DecodeOptions { alpha, ..DecodeOptions::default() }, ..SnapOptions::default() };
-            finish(&cells, &opts, grid.clone(), fit).image
+            finish(&cells, &opts, grid.clone(), fit.clone()).image
         };
         let levels = restore_with(crate::decoder::AlphaMode::Levels { threshold: 128 });
         let binary = restore_with(crate::decoder::AlphaMode::Binary { threshold: 128 });

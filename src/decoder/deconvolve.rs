@@ -1387,16 +1387,11 @@ impl BlurFit {
     /// the noise made stay one. Returns the merges made; the merged-away colours leave
     /// `palette` and `index` follows. Palettes larger than [`MAX_MERGE_TESTED_COLOURS`] stay as they are.
     pub fn merge_unsupported_colours(&self, sprite: &RgbaImage, index: &mut [Option<usize>], palette: &mut Vec<[u8; 3]>, penalty: f64) -> usize {
-        let targets = self.targets(&self.current, sprite);
-        // The image's noise, as far as the model sees: its residual per colour sample
-        // where the colours are (transparent margins fit exactly and would dilute it).
-        let opaque_noise = self.opaque_residual(&targets, sprite);
-        let cells = self.cell_data_of(&self.current, targets);
+        let (cells, noise) = self.cells_and_noise(sprite);
         let Some(mut system) = Self::palette_system(&self.current.problem, &cells, sprite, index, palette) else { return 0 };
         if system.used.len() > MAX_MERGE_TESTED_COLOURS {
             return 0;
         }
-        let noise = opaque_noise.unwrap_or_else(|| Self::residual_of(&self.current.problem, &cells, sprite, 0..3));
         let threshold = penalty * noise;
         let mut merges = 0;
         while system.used.len() > 1 {
@@ -1429,12 +1424,21 @@ impl BlurFit {
         if sprite.dimensions() != (problem.ax.cells as u32, problem.ay.cells as u32) {
             return None;
         }
-        let targets = self.targets(&self.current, sprite);
-        let noise = self.opaque_residual(&targets, sprite);
-        let cells = self.cell_data_of(&self.current, targets);
-        let noise = noise.unwrap_or_else(|| Self::residual_of(problem, &cells, sprite, 0..3));
+        let (cells, noise) = self.cells_and_noise(sprite);
         let residual = Self::residual_of(problem, &cells, sprite, 0..4) * (4 * cells.samples) as f64;
         Some((residual, noise))
+    }
+
+    /// The image's samples for a palette stage that draws `sprite` ([`BlurFit::cell_data`])
+    /// and the image's noise as far as the model sees it: the residual per colour sample
+    /// where the sprite is opaque (transparent margins fit exactly and would dilute it),
+    /// or over the whole image when nothing is.
+    fn cells_and_noise(&self, sprite: &RgbaImage) -> (CellData, f64) {
+        let targets = self.targets(&self.current, sprite);
+        let opaque_noise = self.opaque_residual(&targets, sprite);
+        let cells = self.cell_data_of(&self.current, targets);
+        let noise = opaque_noise.unwrap_or_else(|| Self::residual_of(&self.current.problem, &cells, sprite, 0..3));
+        (cells, noise)
     }
 
     /// The mean squared residual of `sprite` per sample and colour plane against its
@@ -2089,7 +2093,6 @@ mod tests {
             .collect();
         (colours, index)
     }
-
 
     /// A Gram matrix inverted by Gauss-Jordan times the matrix is the identity, to 1e-9.
     #[test]

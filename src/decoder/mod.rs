@@ -155,7 +155,8 @@ pub fn alpha_levels(alpha: &[f32]) -> Vec<(std::ops::RangeInclusive<f32>, u8)> {
             .map(f32::from)
             .filter(|&c| free(c))
             .map(|c| (c, count(c - LEVEL_HALF_WIDTH, c + LEVEL_HALF_WIDTH)))
-            .fold(None, |best: Option<(f32, usize)>, (c, n)| if best.is_some_and(|b| b.1 >= n) { best } else { Some((c, n)) });
+            // The lowest of equally dense centres (`min_by_key` keeps the first).
+            .min_by_key(|&(_, n)| std::cmp::Reverse(n));
         let Some((centre, n)) = densest.filter(|&(_, n)| n >= MIN_LEVEL_CELLS) else { return levels };
         taken.push(centre);
         let (lo, hi) = (centre - LEVEL_HALF_WIDTH, centre + LEVEL_HALF_WIDTH);

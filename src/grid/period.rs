@@ -590,6 +590,8 @@ pub fn finer_grid_contrast(profile: &[f32], fit: &CombFit) -> f32 {
         let d = (x - fit.phase).rem_euclid(period);
         d.min(period - d)
     };
+    // (position, change) of the profile between the coarse teeth.
+    let between: Vec<(f32, f32)> = interior.iter().enumerate().map(|(i, &v)| ((i + 1) as f32, v)).filter(|&(x, _)| distance(x, fit.period) >= 1.0).collect();
     let mut best = -1.0f32;
     for k in 2.. {
         let sub = fit.period / k as f32;
@@ -597,11 +599,7 @@ pub fn finer_grid_contrast(profile: &[f32], fit: &CombFit) -> f32 {
             break;
         }
         let (mut tooth_sum, mut tooth_weight, mut near, mut far_sum, mut far_count) = (0.0f32, 0.0f32, 0.0f32, 0.0f32, 0.0f32);
-        for (i, &v) in interior.iter().enumerate() {
-            let x = (i + 1) as f32;
-            if distance(x, fit.period) < 1.0 {
-                continue;
-            }
+        for &(x, v) in &between {
             let d = distance(x, sub);
             if d < 1.0 {
                 tooth_sum += (1.0 - d) * v;
