@@ -67,13 +67,30 @@ fn clean_nearest_upscales_restore_exactly() {
 
 #[test]
 fn seed_and_ai_grids_are_found() {
-    // Measured: right size seed 23/24, ai 24/24; exact seed 6/24 (0/24 before the decoder
-    // undid bicubic blur; most of the rest is the learned models' job), ai 9/24.
+    // Measured: right size seed 23/24, ai 24/24; exact seed 23/24 (6/24 when these floors
+    // were first set, 0/24 before the decoder undid bicubic blur), ai 13/24 (9/24 then).
     let (seed_right, seed_exact) = shares(Preset::Seed, 24);
     let (ai_right, ai_exact) = shares(Preset::Ai, 24);
     eprintln!("right size: seed {seed_right:.3}, ai {ai_right:.3}; exact: seed {seed_exact:.3}, ai {ai_exact:.3}");
     assert!(seed_right >= 22.0 / 24.0, "seed right size {seed_right}");
     assert!(ai_right >= 23.0 / 24.0, "ai right size {ai_right}");
-    assert!(seed_exact >= 4.0 / 24.0, "seed exact {seed_exact}");
-    assert!(ai_exact >= 8.0 / 24.0, "ai exact {ai_exact}");
+    assert!(seed_exact >= 21.0 / 24.0, "seed exact {seed_exact}");
+    assert!(ai_exact >= 11.0 / 24.0, "ai exact {ai_exact}");
+}
+
+/// A Dungeon Crawl Stone Soup staff (CC0, `tests/fixtures/README.md`) through the `seed`
+/// degradation of the tuning pair it failed on: 2x bicubic, blur σ 0.23, noise σ 3, the
+/// grid 0.19 px and 0.07 px left of and above the image's corner. Its black outline cells
+/// with gold on their right came out at (10, 7, 2) while a single refinement of the blur
+/// model left a grid line 0.035 px off (the shade absorbed the misfit and kept the line
+/// there); with the model refined again once that shade merged, every pixel is within the
+/// eval's tolerance.
+#[test]
+fn a_two_x_staff_keeps_its_black_outline() {
+    let clean = image::open(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/dcss_player_hand1_staff_ruby.png")).expect("fixture").to_rgba8();
+    let sample = degrade(&clean, &Preset::Seed.config(), 12395043600985519627);
+    assert_eq!((sample.params.grid.scale_x, sample.image.width()), (2.0, 63), "the tuning pair's degradation");
+    let restored = restore(&sample.image, &SnapOptions::default()).expect("a grid");
+    let s = score(&restored.image, &sample.target, &MetricOptions::default());
+    assert!(s.exact, "pixel accuracy {}", s.pixel_accuracy);
 }

@@ -137,7 +137,10 @@ pub fn analyse(img: &RgbaImage, opts: &GridOptions) -> Result<Grid, GridError> {
         // What the user gave stands.
         let free = lines::FreeParameters { period: fixed.is_none(), phase: opts.offset.is_none() };
         let regular = lines::refine_comb(profile, comb, free);
-        ([bordered(lines::regular_lines(len as f32, &regular)), bordered(lines::place_lines(profile, comb))], regular)
+        let regular_lines = bordered(lines::regular_lines(len as f32, &regular));
+        // Lines placed one by one follow the edges, not the phase the user gave.
+        let placed_lines = if opts.offset.is_some() { regular_lines.clone() } else { bordered(lines::place_lines(profile, comb)) };
+        ([regular_lines, placed_lines], regular)
     };
     let ((x_candidates, regular_x), (y_candidates, regular_y)) = (candidates(&profiles.x, &fx, w), candidates(&profiles.y, &fy, h));
     let (x_choice, y_choice) = choose_lines(img, &x_candidates, &y_candidates);
@@ -411,5 +414,20 @@ mod tests {
         assert_eq!((g.cols(), g.rows()), (50, 50));
         let bad = analyse(&img, &GridOptions { cells: Some((0, 10)), ..Default::default() });
         assert!(matches!(bad, Err(GridError::BadOverride(_))));
+    }
+
+    /// A cell size and phase the user gives stand on both axes: the lines are the regular
+    /// comb through that phase, even where lines placed by the edges would land elsewhere
+    /// (here the edges sit a fifth of a pixel off the given phase, so placed lines, on
+    /// whole pixels, would not pass through it).
+    #[test]
+    fn a_given_phase_places_regular_lines_through_it() {
+        let (img, _) = nearest_upscale(12, 12, 3.0, 0.0);
+        let offset = (1.2f32, 2.2f32);
+        let g = analyse(&img, &GridOptions { cell_size: Some((3.0, 3.0)), offset: Some(offset), ..Default::default() }).unwrap();
+        for (lines, phase) in [(&g.x_lines, offset.0), (&g.y_lines, offset.1)] {
+            let interior = &lines[1..lines.len() - 1];
+            assert!(interior.iter().all(|&l| ((l - phase) / 3.0 - ((l - phase) / 3.0).round()).abs() < 1e-4), "phase {phase}: {lines:?}");
+        }
     }
 }

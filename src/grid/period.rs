@@ -249,7 +249,9 @@ fn best_phase_counted(w: &mut ToothWindows, f: &Folded, period: f32, fixed_phase
         let t = tooth_sum[pb] / tooth_weight[pb];
         let m = ((f.total_sum - near_sum[pb]) / (f.total_count - near_count[pb])).max(0.0);
         let contrast = if t + m > 0.0 { (t - m) / (t + m) } else { 0.0 };
-        CombFit { period, phase: pb as f32 * f.bin_width, score: best_score, contrast }
+        // A fixed phase is scored at its nearest bin but kept as given.
+        let phase = fixed_phase.map_or(pb as f32 * f.bin_width, |p| p.rem_euclid(period));
+        CombFit { period, phase, score: best_score, contrast }
     })
 }
 
