@@ -94,3 +94,18 @@ fn a_two_x_staff_keeps_its_black_outline() {
     let s = score(&restored.image, &sample.target, &MetricOptions::default());
     assert!(s.exact, "pixel accuracy {}", s.pixel_accuracy);
 }
+
+/// A Dungeon Crawl Stone Soup vine wall (CC0, `tests/fixtures/README.md`), a texture of
+/// stone blocks whose strongest edges recur every 8 cells, through the `seed` degradation
+/// of its tuning pair: 2x bicubic, blur σ 0.45, noise σ 3. Those edges outrank the cells'
+/// faint ones in the period search, which found 16 px cells (4x4 of them); the edges
+/// between that comb's teeth lie on the two-pixel comb, and the grid is searched again
+/// below it.
+#[test]
+fn a_two_x_vine_wall_gets_its_cells_not_its_tile() {
+    let clean = image::open(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/dcss_dngn_wall_wall_vines3.png")).expect("fixture").to_rgba8();
+    let sample = degrade(&clean, &Preset::Seed.config(), 3099521366979725625);
+    assert_eq!((sample.params.grid.scale_x, sample.image.width()), (2.0, 63), "the tuning pair's degradation");
+    let restored = restore(&sample.image, &SnapOptions::default()).expect("a grid");
+    assert_eq!(restored.image.dimensions(), (32, 32), "{:?}", restored.grid);
+}

@@ -567,6 +567,9 @@ pub fn fit_square_cells(
 /// Sub-combs finer than this leave no pixel a whole pixel away from every tooth, where
 /// [`finer_grid_contrast`] measures what lies between the teeth.
 const MIN_SUB_PERIOD: f32 = 2.5;
+/// Sub-combs from this period up to [`MIN_SUB_PERIOD`] (cells of about two pixels) are
+/// measured with every position shared between tooth and gap by its distance.
+const MIN_TWO_PIXEL_SUB_PERIOD: f32 = 1.9;
 /// A finer grid must carry at least this share of the profile's edges between the teeth
 /// of the coarser one...
 const FINER_GRID_SHARE: f32 = 0.2;
@@ -597,13 +600,22 @@ pub fn finer_grid_contrast(profile: &[f32], fit: &CombFit) -> f32 {
     let mut best = -1.0f32;
     for k in 2.. {
         let sub = fit.period / k as f32;
-        if sub < MIN_SUB_PERIOD {
+        if sub < MIN_TWO_PIXEL_SUB_PERIOD {
             break;
         }
         let (mut tooth_sum, mut tooth_weight, mut near, mut far_sum, mut far_count) = (0.0f32, 0.0f32, 0.0f32, 0.0f32, 0.0f32);
         for &(x, v) in &between {
             let d = distance(x, sub);
-            if d < 1.0 {
+            if sub < MIN_SUB_PERIOD {
+                // Every position is within a pixel of a tooth of a two-pixel comb: each
+                // counts as tooth and as gap, weighted by its distance.
+                let d = d.min(1.0);
+                tooth_sum += (1.0 - d) * v;
+                tooth_weight += 1.0 - d;
+                near += (1.0 - d) * v;
+                far_sum += d * v;
+                far_count += d;
+            } else if d < 1.0 {
                 tooth_sum += (1.0 - d) * v;
                 tooth_weight += 1.0 - d;
                 near += v;
