@@ -109,3 +109,18 @@ fn a_two_x_vine_wall_gets_its_cells_not_its_tile() {
     let restored = restore(&sample.image, &SnapOptions::default()).expect("a grid");
     assert_eq!(restored.image.dimensions(), (32, 32), "{:?}", restored.grid);
 }
+
+/// A Dungeon Crawl Stone Soup floor (CC0, `tests/fixtures/README.md`), flagstones whose
+/// joints recur every 8 cells, through the `seed` degradation of its tuning pair: 5x
+/// bicubic, blur σ 0.34, noise σ 3. The joints' comb won the period search (4x4 cells of
+/// 40 px), whose "cells" are anything but flat inside; searched again below half that,
+/// the grid is the drawn one and the restoration exact.
+#[test]
+fn a_five_x_floor_gets_flat_cells_not_its_flagstones() {
+    let clean = image::open(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/dcss_dngn_floor_black_cobalt02.png")).expect("fixture").to_rgba8();
+    let sample = degrade(&clean, &Preset::Seed.config(), 18005738534048205707);
+    assert_eq!((sample.params.grid.scale_x, sample.image.width()), (5.0, 160), "the tuning pair's degradation");
+    let restored = restore(&sample.image, &SnapOptions::default()).expect("a grid");
+    let s = score(&restored.image, &sample.target, &MetricOptions::default());
+    assert!(s.exact, "{:?}: pixel accuracy {}", restored.image.dimensions(), s.pixel_accuracy);
+}

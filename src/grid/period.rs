@@ -421,7 +421,7 @@ pub fn fit_comb(profile: &[f32], min_period: f32, max_period: f32, fixed_phase: 
 }
 
 /// How far the mean period may lie from the locally fitted one.
-const MEAN_PERIOD_RANGE: f32 = 0.05;
+pub(crate) const MEAN_PERIOD_RANGE: f32 = 0.05;
 
 /// The mean period over the whole profile, near the locally fitted one. Local fits find
 /// the right cell size but, each window having its own phase, only to a few percent; the
