@@ -78,6 +78,17 @@ fn seed_and_ai_grids_are_found() {
     assert!(ai_exact >= 11.0 / 24.0, "ai exact {ai_exact}");
 }
 
+/// A fixture sprite through the `seed` degradation its tuning pair drew (`seed`), checked
+/// against that pair's scale and width, and snap's restoration of it (a grid must be found).
+fn restored_tuning_pair(fixture: &str, seed: u64, scale: f32, width: u32) -> (spritedx::snap::Restored, spritedx::degrade::Degraded) {
+    let path = format!("{}/tests/fixtures/{fixture}", env!("CARGO_MANIFEST_DIR"));
+    let clean = image::open(&path).expect("fixture").to_rgba8();
+    let sample = degrade(&clean, &Preset::Seed.config(), seed);
+    assert_eq!((sample.params.grid.scale_x, sample.image.width()), (scale, width), "the tuning pair's degradation");
+    let restored = restore(&sample.image, &SnapOptions::default()).expect("a grid");
+    (restored, sample)
+}
+
 /// A Dungeon Crawl Stone Soup staff (CC0, `tests/fixtures/README.md`) through the `seed`
 /// degradation of the tuning pair it failed on: 2x bicubic, blur σ 0.23, noise σ 3, the
 /// grid 0.19 px and 0.07 px left of and above the image's corner. Its black outline cells
@@ -87,10 +98,7 @@ fn seed_and_ai_grids_are_found() {
 /// eval's tolerance.
 #[test]
 fn a_two_x_staff_keeps_its_black_outline() {
-    let clean = image::open(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/dcss_player_hand1_staff_ruby.png")).expect("fixture").to_rgba8();
-    let sample = degrade(&clean, &Preset::Seed.config(), 12395043600985519627);
-    assert_eq!((sample.params.grid.scale_x, sample.image.width()), (2.0, 63), "the tuning pair's degradation");
-    let restored = restore(&sample.image, &SnapOptions::default()).expect("a grid");
+    let (restored, sample) = restored_tuning_pair("dcss_player_hand1_staff_ruby.png", 12395043600985519627, 2.0, 63);
     let s = score(&restored.image, &sample.target, &MetricOptions::default());
     assert!(s.exact, "pixel accuracy {}", s.pixel_accuracy);
 }
@@ -103,10 +111,7 @@ fn a_two_x_staff_keeps_its_black_outline() {
 /// below it.
 #[test]
 fn a_two_x_vine_wall_gets_its_cells_not_its_tile() {
-    let clean = image::open(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/dcss_dngn_wall_wall_vines3.png")).expect("fixture").to_rgba8();
-    let sample = degrade(&clean, &Preset::Seed.config(), 3099521366979725625);
-    assert_eq!((sample.params.grid.scale_x, sample.image.width()), (2.0, 63), "the tuning pair's degradation");
-    let restored = restore(&sample.image, &SnapOptions::default()).expect("a grid");
+    let (restored, _) = restored_tuning_pair("dcss_dngn_wall_wall_vines3.png", 3099521366979725625, 2.0, 63);
     assert_eq!(restored.image.dimensions(), (32, 32), "{:?}", restored.grid);
 }
 
@@ -117,10 +122,7 @@ fn a_two_x_vine_wall_gets_its_cells_not_its_tile() {
 /// the grid is the drawn one and the restoration exact.
 #[test]
 fn a_five_x_floor_gets_flat_cells_not_its_flagstones() {
-    let clean = image::open(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/dcss_dngn_floor_black_cobalt02.png")).expect("fixture").to_rgba8();
-    let sample = degrade(&clean, &Preset::Seed.config(), 18005738534048205707);
-    assert_eq!((sample.params.grid.scale_x, sample.image.width()), (5.0, 160), "the tuning pair's degradation");
-    let restored = restore(&sample.image, &SnapOptions::default()).expect("a grid");
+    let (restored, sample) = restored_tuning_pair("dcss_dngn_floor_black_cobalt02.png", 18005738534048205707, 5.0, 160);
     let s = score(&restored.image, &sample.target, &MetricOptions::default());
     assert!(s.exact, "{:?}: pixel accuracy {}", restored.image.dimensions(), s.pixel_accuracy);
 }

@@ -1393,10 +1393,11 @@ impl BlurFit {
     /// which the model fits exactly, and keep shades that are only misfit) and less than
     /// [`RARE_COLOUR_PENALTY_PER_CELL`] times that residual per cell of the rarer colour,
     /// the cheapest such pair merges, into the colour that best explains the image for
-    /// both. The automatic palette comes from clustering the fitted cell values, whose noise the deconvolution
-    /// amplifies; here close shades stay apart wherever the image shows them, and shades
-    /// the noise made stay one. Returns the merges made; the merged-away colours leave
-    /// `palette` and `index` follows. Palettes larger than [`MAX_MERGE_TESTED_COLOURS`] stay as they are.
+    /// both. The automatic palette comes from clustering the fitted cell values, whose
+    /// noise the deconvolution amplifies; here close shades stay apart wherever the image
+    /// shows them, and shades the noise made stay one. Returns the merges made; the
+    /// merged-away colours leave `palette` and `index` follows. Palettes larger than
+    /// [`MAX_MERGE_TESTED_COLOURS`] stay as they are.
     pub fn merge_unsupported_colours(&self, sprite: &RgbaImage, index: &mut [Option<usize>], palette: &mut Vec<[u8; 3]>, penalty: f64) -> usize {
         let (cells, noise) = self.cells_and_noise(sprite);
         let Some(mut system) = Self::palette_system(&self.current.problem, &cells, sprite, index, palette) else { return 0 };
@@ -1406,9 +1407,9 @@ impl BlurFit {
         let threshold = penalty * noise;
         let mut merges = 0;
         while system.used.len() > 1 {
-            let cells: Vec<usize> = system.used.iter().map(|&u| index.iter().filter(|i| **i == Some(u)).count()).collect();
+            let cells_of: Vec<usize> = system.used.iter().map(|&u| index.iter().filter(|i| **i == Some(u)).count()).collect();
             let per_cell_threshold = RARE_COLOUR_PENALTY_PER_CELL * noise;
-            let mergeable = |cost: f64, a: usize, b: usize| cost < threshold && cost < per_cell_threshold * cells[a].min(cells[b]) as f64;
+            let mergeable = |cost: f64, a: usize, b: usize| cost < threshold && cost < per_cell_threshold * cells_of[a].min(cells_of[b]) as f64;
             let Some((_, a, b)) = system.cheapest_merge(mergeable) else { break };
             system.merge(a, b);
             let (keep, gone) = (system.used[a], system.removed.last().copied().expect("just merged"));
@@ -1644,10 +1645,10 @@ impl PaletteSystem {
 
     /// Of the merges of two colours (positions in `used`) that `allowed` accepts, given
     /// their cost and positions, the one that raises the least-squares residual least, and
-    /// that rise: `(p_a − p_b)² / (c_aa + c_bb − 2c_ab)` summed over
-    /// the channels, `p` the least-squares colours and `c` the Gram matrix's inverse (the
-    /// residual of least squares under the constraint `p_a = p_b`, every other colour
-    /// re-optimised). `None` with fewer than two colours or a singular system.
+    /// that rise: `(p_a − p_b)² / (c_aa + c_bb − 2c_ab)` summed over the channels, `p` the
+    /// least-squares colours and `c` the Gram matrix's inverse (the residual of least
+    /// squares under the constraint `p_a = p_b`, every other colour re-optimised). `None`
+    /// with fewer than two colours, a singular system or no merge allowed.
     fn cheapest_merge(&self, allowed: impl Fn(f64, usize, usize) -> bool) -> Option<(f64, usize, usize)> {
         let inverse = self.inverse()?;
         let best = self.least_squares(&inverse)?;

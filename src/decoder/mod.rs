@@ -78,7 +78,12 @@ const FITTED_MERGE_SHARE: f32 = 0.25;
 /// (val split, seeds 2 and 3, 258 `seed` pairs each; `spritedx eval`, snap's exact
 /// sprites): 120 / 150 / 200 / 300 made 77.5% / 77.5% / 78.3% / 74.4% and 77.1% / 77.1% /
 /// 76.7% / 74.4%, a plateau from 120 to 200 whose middle this is (the residual over the
-/// whole image at 300, before: 76.4% and 75.6%).
+/// whole image at 300, before: 76.4% and 75.6%). Swept again with [`MODEL_ROUNDS`]: 80 /
+/// 110 / 150 / 200 made 81.8 / 82.6 / 81.0 / 80.6% and 79.1 / 80.6 / 81.4 / 80.6%; and
+/// with the cost per cell of `deconvolve`'s `RARE_COLOUR_PENALTY_PER_CELL` as well, 110 /
+/// 150 / 200 / 300 / 500 / 1000 made 82.9 / 82.6 / 82.6 / 82.6 / 82.2 / 81.8% and 82.2 /
+/// 82.6 / 82.2 / 82.9 / 82.2 / 81.8%: a plateau from 110 to 300 (higher penalties raise
+/// PSNR: 50.6 → 52.0 dB from 150 to 300), so it stays.
 pub(crate) const MERGE_PENALTY: f64 = 150.0;
 /// Most rounds of refining the blur model and merging colours in the palette stage; a
 /// round after the first runs only when the one before merged colours, and ends the
@@ -89,8 +94,6 @@ pub(crate) const MERGE_PENALTY: f64 = 150.0;
 /// split, seeds 2 and 3, 258 `seed` pairs each; snap's exact sprites): 1 / 2 / 3 / 4 / 7
 /// rounds made 78.7% / 80.6% / 80.6% / 81.0% / 81.0% and 77.9% / 81.0% / 81.4% / 81.4% /
 /// 81.4%, at a median of 69 → 102 ms per sprite (two at once); `ai` stayed at 21.3%.
-/// The merge penalty, swept again with 4 rounds: 80 / 110 / 150 / 200 made 81.8 / 82.6 /
-/// 81.0 / 80.6% and 79.1 / 80.6 / 81.4 / 80.6%, so it stays.
 const MODEL_ROUNDS: usize = 4;
 
 /// Share of a cell's size, on each side, left out of its interior.
