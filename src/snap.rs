@@ -64,15 +64,23 @@ pub fn finish(cells: &CellColours, opts: &SnapOptions, grid: Grid, fit: Option<B
 /// the palette stage's merge penalty (`MERGE_PENALTY`, 150) times the image's noise: the
 /// criterion by which that stage merges colours, so a colour must lower the residual by
 /// that much to be worth keeping. The noise is the lowest the candidates measure; ties go
-/// to the earlier. Without a palette stage (no blur model, or cells of
-/// [`PALETTE_STAGE_MAX_CELL`] or more) only `first` is finished.
+/// to the earlier, and candidates equal to an earlier one are finished once. Without a
+/// palette stage (no blur model, or cells of [`PALETTE_STAGE_MAX_CELL`] or more) only
+/// `first` is finished.
 pub fn finish_best(first: &CellColours, others: &[&CellColours], opts: &SnapOptions, grid: Grid, fit: Option<BlurFit>) -> Restored {
-    if !has_palette_stage(&grid, fit.as_ref()) || others.is_empty() {
+    // A candidate equal to an earlier one would finish the same (a diffusion model's
+    // sample is its base prediction wherever no correction passes its threshold).
+    let mut candidates: Vec<&CellColours> = vec![first];
+    for &cells in others {
+        if !candidates.contains(&cells) {
+            candidates.push(cells);
+        }
+    }
+    if !has_palette_stage(&grid, fit.as_ref()) || candidates.len() == 1 {
         return finish(first, opts, grid, fit);
     }
     // Each candidate's palette stage on a thread of its own where the pool has one free
     // (one image restored on several cores); in a batch the images keep the pool busy.
-    let candidates: Vec<&CellColours> = std::iter::once(first).chain(others.iter().copied()).collect();
     let finished: Vec<(Restored, Option<(f64, f64)>)> = candidates
         .par_iter()
         .map(|cells| {
@@ -246,6 +254,9 @@ mod tests {
             let best = finish_best(first, &[other], &opts, grid.clone(), Some(fit.clone()));
             assert_eq!(best.image, own.image);
         }
+        // A candidate repeated is finished once, to the same choice.
+        let repeated = finish_best(&grey, &[&grey, &fitted], &opts, grid.clone(), Some(fit.clone()));
+        assert_eq!(repeated.image, own.image);
         // A single candidate is finished as it is, however badly it explains the image.
         let alone = finish_best(&grey, &[], &opts, grid.clone(), Some(fit));
         assert_eq!(alone.palette.len(), 1);
