@@ -1404,16 +1404,19 @@ impl BlurFit {
         if system.used.len() > MAX_MERGE_TESTED_COLOURS {
             return 0;
         }
-        let threshold = penalty * noise;
+        let (threshold, per_cell_threshold) = (penalty * noise, RARE_COLOUR_PENALTY_PER_CELL * noise);
+        // Cells per palette colour, kept up to date as colours merge.
+        let mut cells_of = vec![0usize; palette.len()];
+        index.iter().flatten().for_each(|&k| cells_of[k] += 1);
         let mut merges = 0;
         while system.used.len() > 1 {
-            let cells_of: Vec<usize> = system.used.iter().map(|&u| index.iter().filter(|i| **i == Some(u)).count()).collect();
-            let per_cell_threshold = RARE_COLOUR_PENALTY_PER_CELL * noise;
-            let mergeable = |cost: f64, a: usize, b: usize| cost < threshold && cost < per_cell_threshold * cells_of[a].min(cells_of[b]) as f64;
+            let rarer = |a: usize, b: usize| cells_of[system.used[a]].min(cells_of[system.used[b]]) as f64;
+            let mergeable = |cost: f64, a: usize, b: usize| cost < threshold && cost < per_cell_threshold * rarer(a, b);
             let Some((_, a, b)) = system.cheapest_merge(mergeable) else { break };
             system.merge(a, b);
             let (keep, gone) = (system.used[a], system.removed.last().copied().expect("just merged"));
             index.iter_mut().filter(|i| **i == Some(gone)).for_each(|i| *i = Some(keep));
+            cells_of[keep] += cells_of[gone];
             merges += 1;
         }
         if merges == 0 {
