@@ -8,7 +8,8 @@
 //! A restorer that returns an error or panics on an image is a counted failure, not a crash:
 //! the image counts as neither exact nor size-matched, and its scores are left out of the
 //! means (which are over the images that were restored). Time is the wall time of the
-//! restorer's `restore` call alone (not reading the files), with `jobs` images in flight.
+//! restorer's `restore` call alone (not reading the files), with `jobs` images in flight on
+//! `threads` threads.
 
 use crate::io::load_rgba;
 use crate::metrics::{score, MetricOptions, Scores};
@@ -28,6 +29,9 @@ pub struct EvalOptions {
     pub metrics: MetricOptions,
     /// Images evaluated at once; 1 gives the least disturbed timings.
     pub jobs: usize,
+    /// Threads they share (at least `jobs`): more than `jobs` lets one image's restore
+    /// use the free ones, as `spritedx restore` of a single image does.
+    pub threads: usize,
     /// Keep the restored images of the first this-many pairs of each preset, for the sheet.
     pub sheet_rows: usize,
     /// Evaluate at most this many pairs per preset (in manifest order).
@@ -36,7 +40,7 @@ pub struct EvalOptions {
 
 impl Default for EvalOptions {
     fn default() -> Self {
-        Self { metrics: MetricOptions::default(), jobs: 1, sheet_rows: 6, limit_per_preset: None }
+        Self { metrics: MetricOptions::default(), jobs: 1, threads: 1, sheet_rows: 6, limit_per_preset: None }
     }
 }
 
@@ -110,15 +114,24 @@ pub fn evaluate(
             *n <= opts.sheet_rows
         })
         .collect();
-    let pool = rayon::ThreadPoolBuilder::new().num_threads(opts.jobs.max(1)).build()?;
+    let jobs = opts.jobs.max(1);
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(opts.threads.max(jobs)).build()?;
+    // `jobs` pairs at a time, so that a pool with more threads than that leaves the rest
+    // free for each restore.
     let per_pair: Vec<Result<(Vec<ImageResult>, Option<SheetRow>)>> = pool.install(|| {
         records
-            .par_iter()
-            .zip(keep.par_iter())
-            .map(|(rec, &keep)| {
-                let r = evaluate_pair(pairs_dir, rec, restorers, &opts.metrics, keep);
-                on_pair();
-                r
+            .chunks(jobs)
+            .zip(keep.chunks(jobs))
+            .flat_map(|(records, keep)| {
+                records
+                    .par_iter()
+                    .zip(keep.par_iter())
+                    .map(|(rec, &keep)| {
+                        let r = evaluate_pair(pairs_dir, rec, restorers, &opts.metrics, keep);
+                        on_pair();
+                        r
+                    })
+                    .collect::<Vec<_>>()
             })
             .collect()
     });

@@ -99,6 +99,10 @@ struct EvalArgs {
     /// Pairs evaluated at once (1 gives undisturbed timings).
     #[arg(long, default_value_t = 1)]
     jobs: usize,
+    /// Threads the pairs in flight share (default: --jobs): more lets a single image's
+    /// restore use the free cores, as `spritedx restore` of one image does.
+    #[arg(long)]
+    threads: Option<usize>,
     /// Largest per-channel difference (0-255) for a pixel to count as right.
     #[arg(long, default_value_t = MetricOptions::default().exact_tolerance)]
     tolerance: u8,
@@ -183,6 +187,7 @@ fn run_eval(args: EvalArgs) -> Result<ExitCode> {
     let opts = EvalOptions {
         metrics: MetricOptions { exact_tolerance: args.tolerance, ..MetricOptions::default() },
         jobs: args.jobs,
+        threads: args.threads.unwrap_or(args.jobs),
         sheet_rows: if args.sheet.is_some() { args.sheet_rows } else { 0 },
         limit_per_preset: args.limit,
     };

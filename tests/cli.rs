@@ -98,6 +98,22 @@ fn degrade_is_deterministic_and_eval_scores_the_baseline() {
     assert!(exact("seed") < 1.0, "and not on blurred, noisy ones");
     let sheet_img = image::open(&sheet).unwrap();
     assert!(sheet_img.width() > 100 && sheet_img.height() > 100);
+
+    // Spare threads speed one restore up (the decoder scores its candidates on them) and
+    // change none of its results.
+    let scores = |extra: &[&str]| {
+        let json = tmp.path().join(format!("snap{}.json", extra.join("")));
+        let mut args = vec!["eval", "--pairs", a.to_str().unwrap(), "--model", "snap", "--json", json.to_str().unwrap()];
+        args.extend(extra);
+        let o = spritedx(&args);
+        assert!(o.status.success(), "{}", text(&o));
+        let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+        report["images"].as_array().unwrap().iter().map(|i| (i["degraded"].to_string(), i["scores"].to_string())).collect::<Vec<_>>()
+    };
+    let alone = scores(&[]);
+    assert_eq!(alone.len(), 18);
+    assert_eq!(scores(&["--threads", "2"]), alone);
+    assert_eq!(scores(&["--jobs", "2"]), alone);
 }
 
 #[test]

@@ -53,6 +53,7 @@ use crate::colour::{linear_to_oklab, linear_to_srgb, oklab_to_linear, srgb_to_li
 use crate::degrade::{premultiply, taps, unpremultiply, Kernel, Taps};
 use crate::grid::Grid;
 use image::RgbaImage;
+use rayon::prelude::*;
 use serde::Serialize;
 
 /// How the screen image is taken to be made from the cells: an upscale with `kernel`
@@ -713,7 +714,7 @@ impl UpscaleClamp {
     /// `cells`: what the clamp cut off the upscale, before the blur (the same for every
     /// blur); `None` when nothing is clamped.
     fn removed(&self, cells: &[Vec<f32>]) -> Option<Vec<Vec<f32>>> {
-        let upscaled: Vec<Vec<f32>> = cells.iter().map(|plane| self.upscale.predict(plane)).collect();
+        let upscaled: Vec<Vec<f32>> = cells.par_iter().map(|plane| self.upscale.predict(plane)).collect();
         let mut removed: Vec<Vec<f32>> = vec![vec![0.0; upscaled[3].len()]; 4];
         let mut any = false;
         for i in 0..upscaled[3].len() {
@@ -843,7 +844,8 @@ impl Problem {
 /// [`INTERIOR_RADIUS`] inside the opaque area, when there are [`MIN_INTERIOR_SAMPLES`].
 fn fit(observations: &Observations, problem: &Problem, prior: &Planes, start: &Planes, refits: usize) -> Fit {
     debug_assert_eq!((problem.ax.pixel.len(), problem.ay.pixel.len()), (observations.width, observations.height), "sampled at another stride");
-    let fits: Vec<PlaneFit> = (observations.planes.iter().zip(&prior.planes).zip(&start.planes))
+    // The planes are independent: on threads of their own where the pool has them free.
+    let fits: Vec<PlaneFit> = (observations.planes.par_iter().zip(&prior.planes).zip(&start.planes))
         .map(|((observed, prior), start)| problem.fit_censored(observed, prior, start, refits))
         .collect();
     let interior = &observations.interior;
@@ -1174,12 +1176,14 @@ impl BlurFit {
         let mut cells: Vec<[f32; 4]> = sprite.pixels().map(|p| premultiplied(p.0)).collect();
         let candidates: Vec<[f32; 4]> = palette.iter().map(|&[r, g, b]| premultiplied([r, g, b, 255])).collect();
         let targets = self.targets(&self.current, sprite);
-        let mut residual: Vec<Vec<f32>> = (0..4)
+        let planes: Vec<Vec<f32>> = (0..4)
             .map(|c| {
                 let plane: Vec<f32> = cells.iter().map(|v| v[c]).collect();
                 self.current.problem.predict(&plane).iter().zip(&targets[c]).map(|(p, y)| p - y).collect()
             })
             .collect();
+        // The four planes' residuals side by side: each footprint pixel is one load.
+        let mut residual: Vec<[f32; 4]> = (0..planes[0].len()).map(|at| [0, 1, 2, 3].map(|c| planes[c][at])).collect();
         let (xs, ys) = (ax.footprints(), ay.footprints());
         let energy = |list: &Vec<(usize, f32)>| list.iter().map(|&(_, w)| w * w).sum::<f32>();
         let (fx, fy): (Vec<f32>, Vec<f32>) = (xs.iter().map(energy).collect(), ys.iter().map(energy).collect());
@@ -1195,9 +1199,12 @@ impl BlurFit {
                     // ‖r + δf‖² − ‖r‖² = 2δ·Σ r f + |δ|² Σ f², f the cell's footprint.
                     let mut g = [0.0f32; 4];
                     for &(iy, wy) in &ys[j] {
+                        let row = &residual[iy * width..];
                         for &(ix, wx) in &xs[i] {
-                            let at = iy * width + ix;
-                            (0..4).for_each(|c| g[c] += residual[c][at] * wy * wx);
+                            let r = row[ix];
+                            for c in 0..4 {
+                                g[c] += r[c] * wy * wx;
+                            }
                         }
                     }
                     let f = fy[j] * fx[i];
@@ -1211,9 +1218,12 @@ impl BlurFit {
                     }
                     let delta: [f32; 4] = std::array::from_fn(|c| candidates[best][c] - cells[k][c]);
                     for &(iy, wy) in &ys[j] {
+                        let row = &mut residual[iy * width..];
                         for &(ix, wx) in &xs[i] {
-                            let at = iy * width + ix;
-                            (0..4).for_each(|c| residual[c][at] += delta[c] * wy * wx);
+                            let r = &mut row[ix];
+                            for c in 0..4 {
+                                r[c] += delta[c] * wy * wx;
+                            }
                         }
                     }
                     cells[k] = candidates[best];
@@ -1351,16 +1361,15 @@ impl BlurFit {
         // (step, score, the blur and lines), the current model at step 0.
         type Scored = (f32, f64, Option<(f32, Vec<f32>, Vec<f32>)>);
         let mut scored: Vec<Scored> = vec![(0.0, current, None)];
-        let try_step = |step: f32, scored: &mut Vec<Scored>| {
-            if let Some((sigma, x_lines, y_lines)) = candidate(step) {
-                if let Some(value) = score(&build(sigma, &x_lines, &y_lines, stride)) {
-                    scored.push((step, value, Some((sigma, x_lines, y_lines))));
-                }
-            }
+        let scored_step = |step: f32| -> Option<Scored> {
+            let (sigma, x_lines, y_lines) = candidate(step)?;
+            let value = score(&build(sigma, &x_lines, &y_lines, stride))?;
+            Some((step, value, Some((sigma, x_lines, y_lines))))
         };
-        for &step in steps {
-            try_step(step * step_scale, &mut scored);
-        }
+        // The steps are scored independently: on threads of their own where the pool has
+        // them free (one image restored on several cores), in step order either way.
+        let stepped: Vec<Scored> = steps.par_iter().filter_map(|&step| scored_step(step * step_scale)).collect();
+        scored.extend(stepped);
         scored.sort_by(|a, b| a.0.total_cmp(&b.0));
         let best = (0..scored.len()).min_by(|&a, &b| scored[a].1.total_cmp(&scored[b].1)).expect("the current model");
         if best > 0 && best + 1 < scored.len() {
@@ -1369,7 +1378,7 @@ impl BlurFit {
             if denominator.abs() > 0.0 {
                 let vertex = x1 - 0.5 * ((x1 - x0).powi(2) * (y1 - y2) - (x1 - x2).powi(2) * (y1 - y0)) / denominator;
                 if vertex > x0 && vertex < x2 && (vertex - x1).abs() > 0.01 {
-                    try_step(vertex as f32, &mut scored);
+                    scored.extend(scored_step(vertex as f32));
                 }
             }
         }
