@@ -115,7 +115,13 @@ pub fn analyse(img: &RgbaImage, opts: &GridOptions) -> Result<Grid, GridError> {
             };
             (fit(&profiles.x, px, phase(0)), fit(&profiles.y, py, phase(1)))
         }
-        None => fit_cells_with_flat_interiors(img, &profiles, opts),
+        None => match fit_cells_with_flat_interiors(img, &profiles, opts) {
+            (Some(x), Some(y)) => {
+                let (x, y) = flattest_neighbouring_cells(img, &profiles, x, y, opts);
+                (Some(x), Some(y))
+            }
+            fits => fits,
+        },
     };
     let ok = |f: &Option<CombFit>| fixed.is_some() || f.is_some_and(|f| f.contrast >= opts.min_confidence);
     // Square cells are the norm: a weak axis borrows the strong axis's cell size.
@@ -192,6 +198,85 @@ fn fit_cells_with_flat_interiors(img: &RgbaImage, profiles: &profile::EdgeProfil
             (Some(fx), Some(fy)) if fx.contrast >= opts.min_confidence && fy.contrast >= opts.min_confidence => fits = finer,
             _ => return fits,
         }
+    }
+}
+
+/// Grids of cells at least this many pixels are compared with their neighbouring periods
+/// ([`flattest_neighbouring_cells`]).
+const NEIGHBOUR_MIN_CELL: f32 = 4.5;
+/// The neighbouring periods compared: from this share of the found one...
+const NEIGHBOUR_LOWEST: f32 = 0.83;
+/// ...to this share, in steps of this share, leaving out those within
+/// [`period::MEAN_PERIOD_RANGE`] of it.
+const NEIGHBOUR_HIGHEST: f32 = 1.2;
+const NEIGHBOUR_STEP: f32 = 0.01;
+/// How far (log ratio) a neighbouring grid's aspect may lie from the found one's: the
+/// repeat that misled the comb spans both axes alike.
+const NEIGHBOUR_ASPECT_CHANGE: f32 = 0.02;
+/// The comb's local maxima among the neighbouring periods compared, at most.
+const NEIGHBOUR_CANDIDATES: usize = 16;
+/// Grids whose cells are flatter inside than this stand
+/// ([`flattest_neighbouring_cells`]). On the tuning pairs (val split, seed 2), right `ai`
+/// grids of 0.012-0.068 had neighbours of smaller cells flatter still (their interiors
+/// are a few pixels, off the wobbling edges); the three `seed` grids a repeat misled on
+/// the validation pairs (seed 1) scored 0.089, 0.091 and 0.34, their drawn grids 0.
+const MIN_RECONSIDERED_ROUGHNESS: f64 = 0.08;
+/// A neighbouring grid replaces the found one when its cells are less than this share as
+/// rough inside ([`interior_roughness`]).
+const NEIGHBOUR_ROUGHNESS_SHARE: f64 = 0.5;
+
+/// The grid of `x` and `y`, or the grid of a neighbouring period whose cells are much
+/// flatter inside. Where a texture or a frame repeats every n cells, a comb of n − 1 or
+/// n + 1 teeth per repeat meets every strong edge too, and with few edges between them
+/// it can outscore the cells' own (a 5x floor tile of 16 cells was read as 14 of 5.7 px):
+/// its cells then straddle the drawn ones. Of the comb's local maxima between
+/// [`NEIGHBOUR_LOWEST`] and [`NEIGHBOUR_HIGHEST`] times the period (the cells' aspect
+/// kept), the flattest inside replaces the found grid when it is at most
+/// [`NEIGHBOUR_ROUGHNESS_SHARE`] as rough. Halves and doubles are not compared: half
+/// cells are as flat as whole ones. Measured with snap (one run each): validation `seed`
+/// 84.5 → 85.7% exact (those three), the second tuning set's `seed` 82.6 → 82.9%, `hard`
+/// one more sprite the right size; no other result changed on the tuning pairs, the
+/// validation pairs or the four generator samples.
+fn flattest_neighbouring_cells(img: &RgbaImage, profiles: &profile::EdgeProfiles, x: CombFit, y: CombFit, opts: &GridOptions) -> (CombFit, CombFit) {
+    let fixed = |axis: usize| opts.offset.map(|o| if axis == 0 { o.0 } else { o.1 });
+    if x.period.min(y.period) < NEIGHBOUR_MIN_CELL {
+        return (x, y);
+    }
+    let Some(found) = interior_roughness(img, &x, &y).filter(|&r| r >= MIN_RECONSIDERED_ROUGHNESS) else { return (x, y) };
+    // The comb's score (both axes) at each neighbouring share of the period; its local
+    // maxima, best first.
+    let steps = ((NEIGHBOUR_HIGHEST - NEIGHBOUR_LOWEST) / NEIGHBOUR_STEP).round() as usize;
+    let shares: Vec<f32> = (0..=steps).map(|i| NEIGHBOUR_LOWEST + i as f32 * NEIGHBOUR_STEP).collect();
+    let in_bounds = |share: f32| (share - 1.0).abs() > period::MEAN_PERIOD_RANGE && x.period.min(y.period) * share >= opts.min_cell && x.period.max(y.period) * share <= opts.max_cell;
+    let scores: Vec<f32> = shares
+        .iter()
+        .map(|&share| {
+            let fits = in_bounds(share).then(|| period::fit_period(&profiles.x, x.period * share, fixed(0)).zip(period::fit_period(&profiles.y, y.period * share, fixed(1)))).flatten();
+            fits.filter(|(fx, fy)| fx.contrast >= opts.min_confidence && fy.contrast >= opts.min_confidence).map_or(f32::NEG_INFINITY, |(fx, fy)| fx.score + fy.score)
+        })
+        .collect();
+    let score = |i: usize| scores.get(i).copied().unwrap_or(f32::NEG_INFINITY);
+    let mut peaks: Vec<usize> = (0..scores.len()).filter(|&i| score(i).is_finite() && score(i) >= score(i.wrapping_sub(1)) && score(i) >= score(i + 1)).collect();
+    peaks.sort_by(|&a, &b| score(b).total_cmp(&score(a)));
+    // Each maximum's cells are flat only on the period that puts the far lines within a
+    // fraction of a pixel of the drawn ones: the comb refines it on the whole profile.
+    let refined = |share: f32| -> Option<(f64, CombFit, CombFit)> {
+        let near = |profile: &[f32], period: f32, phase: Option<f32>| period::fit_comb(profile, period * share / (1.0 + NEIGHBOUR_STEP), period * share * (1.0 + NEIGHBOUR_STEP), phase);
+        let (fx, fy) = near(&profiles.x, x.period, fixed(0)).zip(near(&profiles.y, y.period, fixed(1)))?;
+        let aspect_kept = ((fx.period / fy.period) / (x.period / y.period)).ln().abs() <= NEIGHBOUR_ASPECT_CHANGE;
+        if !aspect_kept || fx.contrast < opts.min_confidence || fy.contrast < opts.min_confidence {
+            return None;
+        }
+        interior_roughness(img, &fx, &fy).map(|r| (r, fx, fy))
+    };
+    let flattest = peaks
+        .into_iter()
+        .take(NEIGHBOUR_CANDIDATES)
+        .filter_map(|i| refined(shares[i]))
+        .min_by(|a, b| a.0.total_cmp(&b.0));
+    match flattest {
+        Some((roughness, fx, fy)) if roughness < NEIGHBOUR_ROUGHNESS_SHARE * found => (fx, fy),
+        _ => (x, y),
     }
 }
 
