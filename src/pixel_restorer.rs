@@ -17,7 +17,7 @@
 //!   got wrong.
 
 use crate::decoder::{decode, reduce_cells, CellColours, DecodeOptions, Decoded};
-use crate::decoder::deconvolve::BlurFit;
+use crate::decoder::deconvolve::{BlurFit, LinePlacement};
 use crate::grid::{analyse, Grid, GridOptions};
 use crate::rectify::{image_to_tensor, pixel_unshuffle, rectify};
 use crate::stablesr::layers::{ops, Conv2d, GroupNorm};
@@ -570,9 +570,9 @@ fn tiled(input: &Tensor, seeds: &[u64], net: impl Fn(&Tensor, &[u64]) -> anyhow:
 /// `robust`, the cells' robust colours, refitted under the kernel and blur that best
 /// explain the image when it was upscaled by an interpolating kernel; and that blur model,
 /// if any, for the palette stage.
-pub fn fit_cells(image: &RgbaImage, grid: &Grid, robust: &CellColours) -> (CellColours, Option<BlurFit>) {
+pub fn fit_cells(image: &RgbaImage, grid: &Grid, robust: &CellColours, placement: LinePlacement) -> (CellColours, Option<BlurFit>) {
     let mut cells = robust.clone();
-    let fit = crate::decoder::deconvolve::refine(image, grid, &mut cells);
+    let fit = crate::decoder::deconvolve::refine(image, grid, &mut cells, placement);
     (cells, fit)
 }
 
@@ -610,7 +610,7 @@ pub struct EncodedImage {
 pub fn encode_image(image: &RgbaImage, grid_opts: &GridOptions, cfg: &PixelRestorerConfig, device: &Device) -> anyhow::Result<EncodedImage> {
     let grid = analyse(image, grid_opts)?;
     let cells = reduce_cells(image, &grid);
-    let (fitted_cells, fit) = fit_cells(image, &grid, &cells);
+    let (fitted_cells, fit) = fit_cells(image, &grid, &cells, crate::snap::line_placement(grid_opts));
     let fitted = cfg.fitted_cells.then(|| fitted_cells.clone());
     let factor = cfg.factor;
     let multiple = cfg.size_multiple() as u32;

@@ -1,7 +1,7 @@
 //! The snap restorer: grid analysis followed by the downsample-and-quantize decoder.
 //! The fastest restorer of the engine, and the last stage of every learned one.
 
-use crate::decoder::deconvolve::{self, BlurFit, BlurModel};
+use crate::decoder::deconvolve::{self, BlurFit, BlurModel, LinePlacement};
 use crate::decoder::{decode_fitted, reduce_cells, CellColours, DecodeOptions, MERGE_PENALTY};
 use crate::grid::{analyse, Grid, GridError, GridOptions};
 use image::RgbaImage;
@@ -32,7 +32,7 @@ pub struct Restored {
 pub fn restore(image: &RgbaImage, opts: &SnapOptions) -> Result<Restored, GridError> {
     let grid = analyse(image, &opts.grid)?;
     let mut cells = reduce_cells(image, &grid);
-    let fitted = deconvolve::refine(image, &grid, &mut cells);
+    let fitted = deconvolve::refine(image, &grid, &mut cells, line_placement(&opts.grid));
     Ok(finish(&cells, opts, grid, fitted))
 }
 
@@ -127,6 +127,16 @@ fn user_placed_lines(opts: &GridOptions) -> bool {
     opts.cell_size.is_some() || opts.cells.is_some() || opts.offset.is_some()
 }
 
+/// Whether the decoder's blur model may move the grid's lines ([`deconvolve::refine`]):
+/// not where the user placed them.
+pub fn line_placement(opts: &GridOptions) -> LinePlacement {
+    if user_placed_lines(opts) {
+        LinePlacement::AsGiven
+    } else {
+        LinePlacement::Refined
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -159,7 +169,7 @@ mod tests {
             let degraded = degrade(&clean, &cfg, 3);
             let grid = shifted_grid(&true_grid(&degraded), 0.15, 0.15);
             let mut cells = reduce_cells(&degraded.image, &grid);
-            let fit = deconvolve::refine(&degraded.image, &grid, &mut cells);
+            let fit = deconvolve::refine(&degraded.image, &grid, &mut cells, LinePlacement::Refined);
             assert!(fit.is_some(), "scale {scale}: a bicubic image gets a blur model");
             let restored = finish(&cells, &SnapOptions::default(), grid.clone(), fit);
             assert!(restored.blur.is_some(), "scale {scale}: the blur model is reported");
@@ -181,7 +191,7 @@ mod tests {
         let degraded = degrade(&clean, &noisy_bicubic(3.0, 0.5), 5);
         let grid = true_grid(&degraded);
         let mut cells = reduce_cells(&degraded.image, &grid);
-        let fit = deconvolve::refine(&degraded.image, &grid, &mut cells);
+        let fit = deconvolve::refine(&degraded.image, &grid, &mut cells, LinePlacement::Refined);
         let restore_with = |alpha| {
             let opts = SnapOptions { decode: DecodeOptions { alpha, ..DecodeOptions::default() }, ..SnapOptions::default() };
             finish(&cells, &opts, grid.clone(), fit.clone()).image
@@ -220,7 +230,7 @@ mod tests {
             let degraded = degrade(&clean, &noisy_bicubic(3.0, 0.9), seed);
             let grid = true_grid(&degraded);
             let mut cells = reduce_cells(&degraded.image, &grid);
-            let fit = deconvolve::refine(&degraded.image, &grid, &mut cells);
+            let fit = deconvolve::refine(&degraded.image, &grid, &mut cells, LinePlacement::Refined);
             let restored = finish(&cells, &SnapOptions::default(), grid, fit).image;
             for (x, y, p) in restored.enumerate_pixels() {
                 let want = clean.get_pixel(x, y);
@@ -244,7 +254,7 @@ mod tests {
         let degraded = degrade(&clean, &noisy_bicubic(3.0, 0.6), 7);
         let grid = true_grid(&degraded);
         let mut fitted = reduce_cells(&degraded.image, &grid);
-        let fit = deconvolve::refine(&degraded.image, &grid, &mut fitted).expect("a bicubic model");
+        let fit = deconvolve::refine(&degraded.image, &grid, &mut fitted, LinePlacement::Refined).expect("a bicubic model");
         let mut grey = fitted.clone();
         grey.colour.iter_mut().for_each(|c| *c = crate::colour::srgb8_to_oklab([128, 128, 128]));
         let opts = SnapOptions::default();

@@ -139,7 +139,7 @@ impl PairSource {
         }
         let f = self.spec.factor;
         let rectified = rectify(&pair.image, &grid, f);
-        let fitted = self.spec.fitted_cells.then(|| cells_image(&fit_cells(&pair.image, &grid, &reduce_cells(&pair.image, &grid)).0));
+        let fitted = self.spec.fitted_cells.then(|| cells_image(&fit_cells(&pair.image, &grid, &reduce_cells(&pair.image, &grid), crate::snap::line_placement(&self.grid)).0));
         let n = self.spec.cells as u32;
         // A patch at a random cell offset; sprites smaller than a patch are padded by
         // repeating their last row and column (the loss sees those too: they are real
