@@ -915,6 +915,30 @@ fn parabola_vertex([(x0, y0), (x1, y1), (x2, y2)]: [(f64, f64); 3]) -> Option<f6
     (vertex > x0 && vertex < x2).then_some(vertex)
 }
 
+/// A line search around a parameter's current value, whose score (lower is better) is
+/// `current`: each of `steps` is scored, on threads of their own where the pool has them
+/// free, then the vertex of the parabola through the best and its neighbours when it lies
+/// more than `min_vertex_move` from the best. `score` gives a step's score and what it
+/// made, or `None` where the step is not allowed or cannot be scored. Returns the lowest
+/// score, and the step and what it made unless the current value is best (ties go to the
+/// lower step, the vertex last).
+fn best_step<T: Send>(steps: &[f32], current: f64, min_vertex_move: f64, score: impl Fn(f32) -> Option<(f64, T)> + Sync) -> (f64, Option<(f32, T)>) {
+    let scored_step = |step: f32| score(step).map(|(value, made)| (step, value, Some(made)));
+    let mut scored: Vec<(f32, f64, Option<T>)> = vec![(0.0, current, None)];
+    scored.extend(steps.par_iter().filter_map(|&step| scored_step(step)).collect::<Vec<_>>());
+    scored.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let lowest = |scored: &[(f32, f64, Option<T>)]| (0..scored.len()).min_by(|&a, &b| scored[a].1.total_cmp(&scored[b].1)).expect("the current value");
+    let best = lowest(&scored);
+    if best > 0 && best + 1 < scored.len() {
+        let points = [best - 1, best, best + 1].map(|i| (f64::from(scored[i].0), scored[i].1));
+        if let Some(vertex) = parabola_vertex(points).filter(|v| (v - points[1].0).abs() > min_vertex_move) {
+            scored.extend(scored_step(vertex as f32));
+        }
+    }
+    let (step, value, made) = scored.swap_remove(lowest(&scored));
+    (value, made.map(|made| (step, made)))
+}
+
 /// The grid with its interior lines shifted, per axis, to where the chosen model (with
 /// every cell free) explains the image best, and the fit there. The grid analysis places
 /// lines from edges to a few hundredths of a pixel, and at two or three pixels per cell
@@ -949,26 +973,15 @@ fn refined_lines(grid: &Grid, (width, height): (u32, u32), best: Fit, selection:
         let lines = if axis == 0 { grid.x_lines.clone() } else { grid.y_lines.clone() };
         let start = start_of(&best);
         let model = best.model;
-        let scored_shift = |by: f32| -> Option<(f32, Grid, Fit)> {
+        let scored_shift = |by: f32| -> Option<(f64, (Grid, Fit))> {
             let moved = with_lines(&grid, axis, shifted_lines(&lines, by)?);
             let fit = fit_on(&moved, model, &start);
-            Some((by, moved, fit))
+            Some((f64::from(fit.residual), (moved, fit)))
         };
-        let mut scored: Vec<(f32, Grid, Fit)> = LINE_SHIFTS.par_iter().filter_map(|&by| scored_shift(by)).collect();
-        scored.push((0.0, grid.clone(), std::mem::replace(&mut best, Fit { model, cells: vec![], completed: vec![], residual: f32::INFINITY, clamp_correction: None })));
-        scored.sort_by(|a, b| a.0.total_cmp(&b.0));
-        let lowest = |scored: &[(f32, Grid, Fit)]| (0..scored.len()).min_by(|&a, &b| scored[a].2.residual.total_cmp(&scored[b].2.residual)).expect("the current lines");
-        let at = lowest(&scored);
-        if at > 0 && at + 1 < scored.len() {
-            let points = [at - 1, at, at + 1].map(|i| (f64::from(scored[i].0), f64::from(scored[i].2.residual)));
-            if let Some(vertex) = parabola_vertex(points).filter(|v| (v - points[1].0).abs() > 0.005) {
-                scored.extend(scored_shift(vertex as f32));
-            }
+        if let (_, Some((by, (shifted_grid, fit)))) = best_step(&LINE_SHIFTS, f64::from(best.residual), 0.005, scored_shift) {
+            moved |= by != 0.0;
+            (grid, best) = (shifted_grid, fit);
         }
-        let at = lowest(&scored);
-        let (by, chosen_grid, chosen) = scored.swap_remove(at);
-        moved |= by != 0.0;
-        (grid, best) = (chosen_grid, chosen);
     }
     if moved {
         // The blur was chosen on the old lines, where it also made up for them.
@@ -1487,29 +1500,14 @@ impl BlurFit {
             ModelParameter::Blur => &BLUR_STEPS[..],
             _ => &LINE_STEPS[..],
         };
-        // (step, score, the blur and lines), the current model at step 0.
-        type Scored = (f32, f64, Option<(f32, Vec<f32>, Vec<f32>)>);
-        let mut scored: Vec<Scored> = vec![(0.0, current, None)];
-        let scored_step = |step: f32| -> Option<Scored> {
+        let steps: Vec<f32> = steps.iter().map(|step| step * step_scale).collect();
+        let scored_step = |step: f32| -> Option<(f64, (f32, Vec<f32>, Vec<f32>))> {
             let (sigma, x_lines, y_lines) = candidate(step)?;
             let value = score(&build(sigma, &x_lines, &y_lines, stride))?;
-            Some((step, value, Some((sigma, x_lines, y_lines))))
+            Some((value, (sigma, x_lines, y_lines)))
         };
-        // The steps are scored independently: on threads of their own where the pool has
-        // them free (one image restored on several cores), in step order either way.
-        let stepped: Vec<Scored> = steps.par_iter().filter_map(|&step| scored_step(step * step_scale)).collect();
-        scored.extend(stepped);
-        scored.sort_by(|a, b| a.0.total_cmp(&b.0));
-        let best = (0..scored.len()).min_by(|&a, &b| scored[a].1.total_cmp(&scored[b].1)).expect("the current model");
-        if best > 0 && best + 1 < scored.len() {
-            let points = [best - 1, best, best + 1].map(|i| (f64::from(scored[i].0), scored[i].1));
-            if let Some(vertex) = parabola_vertex(points).filter(|v| (v - points[1].0).abs() > 0.01) {
-                scored.extend(scored_step(vertex as f32));
-            }
-        }
-        let best = (0..scored.len()).min_by(|&a, &b| scored[a].1.total_cmp(&scored[b].1)).expect("the current model");
-        let (_, best_score, chosen) = scored.swap_remove(best);
-        let Some((sigma, x_lines, y_lines)) = chosen else { return Some((false, best_score)) };
+        let (best_score, chosen) = best_step(&steps, current, 0.01, scored_step);
+        let Some((_, (sigma, x_lines, y_lines))) = chosen else { return Some((false, best_score)) };
         self.current = build(sigma, &x_lines, &y_lines, (1, 1));
         self.model.sigma = sigma;
         self.axes.x_lines = x_lines;
