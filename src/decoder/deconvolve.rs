@@ -535,6 +535,39 @@ impl Problem {
         out
     }
 
+    /// [`Problem::predict`] of four planes at once, interleaved per pixel: each plane's
+    /// sums add the same terms in the same order as `predict`'s, so the values are the
+    /// same to the bit, with one pass over the weights instead of four.
+    fn predict_interleaved(&self, planes: &[Vec<f32>]) -> Vec<[f32; 4]> {
+        let cols = self.ax.cells;
+        let cells: Vec<[f32; 4]> = (0..planes[0].len()).map(|i| [0, 1, 2, 3].map(|c| planes[c][i])).collect();
+        let mut ay_x = vec![[0.0f32; 4]; self.ay.pixel.len() * cols];
+        for (iy, out) in ay_x.chunks_exact_mut(cols).enumerate() {
+            let (first, w) = self.ay.row(iy);
+            for (k, &wv) in w.iter().enumerate() {
+                for (o, v) in out.iter_mut().zip(&cells[(first + k) * cols..]) {
+                    for c in 0..4 {
+                        o[c] += wv * v[c];
+                    }
+                }
+            }
+        }
+        let mut out = Vec::with_capacity(self.ax.pixel.len() * self.ay.pixel.len());
+        for row in ay_x.chunks_exact(cols) {
+            out.extend((0..self.ax.pixel.len()).map(|ix| {
+                let (first, w) = self.ax.row(ix);
+                let mut sum = [0.0f32; 4];
+                for (v, &wv) in row[first..first + w.len()].iter().zip(w) {
+                    for c in 0..4 {
+                        sum[c] += v[c] * wv;
+                    }
+                }
+                sum
+            }));
+        }
+        out
+    }
+
     /// The cells minimising `‖A_y X A_xᵀ − Y‖² + λ‖X − prior‖²` for `data` = `A_yᵀ Y A_x`,
     /// from `start`.
     fn solve(&self, data: &[f32], prior: &[f32], start: Vec<f32>) -> Vec<f32> {
@@ -713,26 +746,25 @@ impl UpscaleClamp {
     /// `clamp(U X) − U X` at every pixel inside the grid, for the four premultiplied planes
     /// `cells`: what the clamp cut off the upscale, before the blur (the same for every
     /// blur); `None` when nothing is clamped.
-    fn removed(&self, cells: &[Vec<f32>]) -> Option<Vec<Vec<f32>>> {
-        let upscaled: Vec<Vec<f32>> = cells.par_iter().map(|plane| self.upscale.predict(plane)).collect();
-        let mut removed: Vec<Vec<f32>> = vec![vec![0.0; upscaled[3].len()]; 4];
+    fn removed(&self, cells: &[Vec<f32>]) -> Option<Vec<[f32; 4]>> {
+        let upscaled = self.upscale.predict_interleaved(cells);
+        let mut removed = vec![[0.0f32; 4]; upscaled.len()];
         let mut any = false;
-        for i in 0..upscaled[3].len() {
+        for (i, &sum) in upscaled.iter().enumerate() {
             // Stored as the degradation stores its upscale (alpha at most 1, a pixel that
             // rounds to transparent transparent, straight colour within [0, 1]), then
             // premultiplied again for the blur; a transparent pixel's colour counts as 0.
-            let sum = [0, 1, 2, 3].map(|c| upscaled[c][i]);
             let clamped = premultiply(unpremultiply(sum, [0.0; 4]));
             for c in 0..4 {
-                removed[c][i] = clamped[c] - upscaled[c][i];
-                any |= removed[c][i].abs() > 1e-6;
+                removed[i][c] = clamped[c] - sum[c];
+                any |= removed[i][c].abs() > 1e-6;
             }
         }
         any.then_some(removed)
     }
 
     /// [`UpscaleClamp::removed`] blurred by `sigma`, at the pixels fitted at `stride`.
-    fn blurred(&self, removed: &[Vec<f32>], sigma: f32, stride: (u32, u32)) -> Vec<Vec<f32>> {
+    fn blurred(&self, removed: &[[f32; 4]], sigma: f32, stride: (u32, u32)) -> Vec<Vec<f32>> {
         let (xs, ys) = (&self.upscale.ax.pixel, &self.upscale.ay.pixel);
         let (width, height) = (xs.len(), ys.len());
         let kept = |pixels: &[u32], step: u32| -> Vec<usize> { (0..pixels.len()).filter(|&i| pixels[i] % step == 0).collect() };
@@ -742,28 +774,47 @@ impl UpscaleClamp {
         let tap = |i: usize, t: usize, len: usize| (i + t).saturating_sub(radius).min(len - 1);
         // The blur (clamped to the edge, as the degradation's) at the kept samples only:
         // along x at the kept columns of every row that has anything, then along y at the
-        // kept rows.
-        let blurred = |plane: &[f32]| -> Vec<f32> {
-            let columns = kept_x.len();
-            let mut across = vec![0.0f32; height * columns];
-            for (row, out) in plane.chunks_exact(width).zip(across.chunks_exact_mut(columns)) {
-                if row.iter().all(|&v| v == 0.0) {
-                    continue;
-                }
-                for (o, &x) in out.iter_mut().zip(&kept_x) {
-                    *o = blur.iter().enumerate().map(|(t, &g)| g * row[tap(x, t, width)]).sum();
+        // kept rows; the four planes side by side, each sum adding its terms in the order
+        // of the taps.
+        let columns = kept_x.len();
+        let mut across = vec![[0.0f32; 4]; height * columns];
+        for (row, out) in removed.chunks_exact(width).zip(across.chunks_exact_mut(columns)) {
+            if row.iter().all(|v| v.iter().all(|&v| v == 0.0)) {
+                continue;
+            }
+            for (o, &x) in out.iter_mut().zip(&kept_x) {
+                if x >= radius && x + radius < width {
+                    for (&g, v) in blur.iter().zip(&row[x - radius..]) {
+                        for c in 0..4 {
+                            o[c] += g * v[c];
+                        }
+                    }
+                } else {
+                    for (t, &g) in blur.iter().enumerate() {
+                        let v = row[tap(x, t, width)];
+                        for c in 0..4 {
+                            o[c] += g * v[c];
+                        }
+                    }
                 }
             }
-            let mut out = vec![0.0f32; kept_y.len() * columns];
-            for (o, &y) in out.chunks_exact_mut(columns).zip(&kept_y) {
-                for (t, &g) in blur.iter().enumerate() {
-                    let source = &across[tap(y, t, height) * columns..][..columns];
-                    o.iter_mut().zip(source).for_each(|(o, &v)| *o += g * v);
+        }
+        let mut out = vec![vec![0.0f32; kept_y.len() * columns]; 4];
+        for (j, &y) in kept_y.iter().enumerate() {
+            let mut sums = vec![[0.0f32; 4]; columns];
+            for (t, &g) in blur.iter().enumerate() {
+                let source = &across[tap(y, t, height) * columns..][..columns];
+                for (o, v) in sums.iter_mut().zip(source) {
+                    for c in 0..4 {
+                        o[c] += g * v[c];
+                    }
                 }
             }
-            out
-        };
-        removed.iter().map(|plane| blurred(plane)).collect()
+            for (c, plane) in out.iter_mut().enumerate() {
+                plane[j * columns..(j + 1) * columns].iter_mut().zip(&sums).for_each(|(p, s)| *p = s[c]);
+            }
+        }
+        out
     }
 }
 
@@ -851,10 +902,11 @@ fn fit(observations: &Observations, problem: &Problem, prior: &Planes, start: &P
     let interior = &observations.interior;
     let use_interior = interior.iter().filter(|&&v| v > 0.0).count() >= MIN_INTERIOR_SAMPLES;
     let (total, count) = if use_interior {
-        fits.iter().fold((0.0f64, 0usize), |(total, count), f| {
-            let predicted = problem.predict(&f.cells);
+        let cells: Vec<Vec<f32>> = fits.iter().map(|f| f.cells.clone()).collect();
+        let predicted = problem.predict_interleaved(&cells);
+        fits.iter().enumerate().fold((0.0f64, 0usize), |(total, count), (c, f)| {
             let inside = (0..predicted.len()).filter(|&i| interior[i] > 0.0);
-            inside.fold((total, count), |(t, n), i| (t + f64::from((predicted[i] - f.completed[i]).powi(2)), n + 1))
+            inside.fold((total, count), |(t, n), i| (t + f64::from((predicted[i][c] - f.completed[i]).powi(2)), n + 1))
         })
     } else {
         (fits.iter().zip(&observations.planes).map(|(f, observed)| problem.residual_of(f, observed)).sum(), problem.ax.pixel.len() * problem.ay.pixel.len() * observations.planes.len())
@@ -1283,7 +1335,7 @@ impl BlurFit {
 
     /// [`BlurFit::targets`], given what the clamp of `model`'s upscale removed from the
     /// sprite's (see [`UpscaleClamp::removed`]).
-    fn targets_given(&self, model: &LinesModel, removed: Option<&[Vec<f32>]>) -> std::borrow::Cow<'_, [Vec<f32>]> {
+    fn targets_given(&self, model: &LinesModel, removed: Option<&[[f32; 4]]>) -> std::borrow::Cow<'_, [Vec<f32>]> {
         use std::borrow::Cow;
         let stride = model.stride;
         let mut targets: Cow<'_, [Vec<f32>]> = if stride == (1, 1) {
@@ -1322,14 +1374,14 @@ impl BlurFit {
         let mut cells: Vec<[f32; 4]> = sprite.pixels().map(|p| premultiplied(p.0)).collect();
         let candidates: Vec<[f32; 4]> = palette.iter().map(|&[r, g, b]| premultiplied([r, g, b, 255])).collect();
         let targets = self.targets(&self.current, sprite);
-        let planes: Vec<Vec<f32>> = (0..4)
-            .map(|c| {
-                let plane: Vec<f32> = cells.iter().map(|v| v[c]).collect();
-                self.current.problem.predict(&plane).iter().zip(&targets[c]).map(|(p, y)| p - y).collect()
-            })
-            .collect();
+        let cell_planes: Vec<Vec<f32>> = (0..4).map(|c| cells.iter().map(|v| v[c]).collect()).collect();
         // The four planes' residuals side by side: each footprint pixel is one load.
-        let mut residual: Vec<[f32; 4]> = (0..planes[0].len()).map(|at| [0, 1, 2, 3].map(|c| planes[c][at])).collect();
+        let mut residual = self.current.problem.predict_interleaved(&cell_planes);
+        for (at, r) in residual.iter_mut().enumerate() {
+            for c in 0..4 {
+                r[c] -= targets[c][at];
+            }
+        }
         let (xs, ys) = (ax.footprints(), ay.footprints());
         let energy = |list: &Vec<(usize, f32)>| list.iter().map(|&(_, w)| w * w).sum::<f32>();
         let (fx, fy): (Vec<f32>, Vec<f32>) = (xs.iter().map(energy).collect(), ys.iter().map(energy).collect());
@@ -2023,6 +2075,33 @@ mod tests {
                 prop_assert!(first + w.len() <= op.cells);
                 let sum: f32 = w.iter().sum();
                 prop_assert!((sum - 1.0).abs() < 1e-5, "pixel {} sums to {}", op.pixel[i], sum);
+            }
+        }
+
+        /// The four-plane prediction is the one-plane prediction of each plane, to the bit
+        /// (the clamp correction and the palette stage rely on it to leave every result
+        /// as it was).
+        #[test]
+        fn four_planes_at_once_predict_what_each_plane_does(
+            x_widths in proptest::collection::vec(1.5f32..6.0, 1..7),
+            y_widths in proptest::collection::vec(1.5f32..6.0, 1..7),
+            model_index in 0..MODELS.len(),
+            stride in 1u32..4,
+            seed in any::<u64>(),
+        ) {
+            let (xl, yl) = (lines_from(&x_widths, 0.3), lines_from(&y_widths, 0.0));
+            let model = MODELS[model_index];
+            let taps = |lines: &[f32]| upscale_all(lines, lines[lines.len() - 1].ceil() as u32, model.kernel);
+            let problem = Problem::on_axes(&xl, &taps(&xl), &yl, &taps(&yl), model, (stride, stride));
+            let mut rng = rng_from_seed(seed);
+            let planes: Vec<Vec<f32>> = (0..4).map(|_| (0..x_widths.len() * y_widths.len()).map(|_| rng.random_range(-1.0..1.0)).collect()).collect();
+            let together = problem.predict_interleaved(&planes);
+            for (c, plane) in planes.iter().enumerate() {
+                let alone = problem.predict(plane);
+                prop_assert_eq!(alone.len(), together.len());
+                for (i, (a, t)) in alone.iter().zip(&together).enumerate() {
+                    prop_assert!(*a == t[c], "plane {} pixel {}: {} vs {}", c, i, a, t[c]);
+                }
             }
         }
 
