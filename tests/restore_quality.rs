@@ -103,6 +103,19 @@ fn a_two_x_staff_keeps_its_black_outline() {
     assert!(s.exact, "pixel accuracy {}", s.pixel_accuracy);
 }
 
+/// A Dungeon Crawl Stone Soup white flame (CC0, `tests/fixtures/README.md`) through the
+/// `seed` degradation of its validation pair: 2x bicubic, blur σ 0.30, noise σ 3. A black
+/// cell under the flame's bright edge came out (0, 0, 9): a shade of the first palette
+/// that the image's choice of colours had left without cells, which the merge test never
+/// weighed and a later choice brought back. Colours without cells now leave the palette
+/// with the merged ones, and every pixel is within the eval's tolerance.
+#[test]
+fn a_two_x_flame_keeps_no_stale_shade() {
+    let (restored, sample) = restored_tuning_pair("dcss_player_hand2_misc_fire_white.png", 17231742737369712187, 2.0, 64);
+    let s = score(&restored.image, &sample.target, &MetricOptions::default());
+    assert!(s.exact, "pixel accuracy {}, palette {:?}", s.pixel_accuracy, restored.palette);
+}
+
 /// A Dungeon Crawl Stone Soup vine wall (CC0, `tests/fixtures/README.md`), a texture of
 /// stone blocks whose strongest edges recur every 8 cells, through the `seed` degradation
 /// of its tuning pair: 2x bicubic, blur σ 0.45, noise σ 3. Those edges outrank the cells'

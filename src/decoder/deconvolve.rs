@@ -1579,8 +1579,9 @@ impl BlurFit {
     /// the cheapest such pair merges, into the colour that best explains the image for
     /// both. The automatic palette comes from clustering the fitted cell values, whose
     /// noise the deconvolution amplifies; here close shades stay apart wherever the image
-    /// shows them, and shades the noise made stay one. Returns the merges made; the
-    /// merged-away colours leave `palette` and `index` follows. Palettes larger than
+    /// shows them, and shades the noise made stay one. Returns the merges made; where
+    /// there are any, the merged-away colours and those no cell has leave `palette`, and
+    /// `index` follows. Palettes larger than
     /// [`MAX_MERGE_TESTED_COLOURS`] stay as they are.
     pub fn merge_unsupported_colours(&self, sprite: &RgbaImage, index: &mut [Option<usize>], palette: &mut Vec<[u8; 3]>, penalty: f64) -> usize {
         let (cells, noise) = self.cells_and_noise(sprite);
@@ -1608,8 +1609,10 @@ impl BlurFit {
         }
         system.refit(palette);
         // The merged-away colours leave the palette, so that no later choice of colours
-        // brings them back.
-        let kept: Vec<usize> = (0..palette.len()).filter(|i| !system.removed.contains(i)).collect();
+        // brings them back; so do colours no cell has (the clustering's, emptied by the
+        // image's choice), which no merge test has weighed: a later choice would bring
+        // back a stale shade for a cell the model misfits.
+        let kept: Vec<usize> = (0..palette.len()).filter(|&i| !system.removed.contains(&i) && cells_of[i] > 0).collect();
         let position: Vec<Option<usize>> = (0..palette.len()).map(|i| kept.iter().position(|&k| k == i)).collect();
         index.iter_mut().for_each(|i| *i = i.and_then(|k| position[k]));
         *palette = kept.iter().map(|&k| palette[k]).collect();
@@ -2422,7 +2425,8 @@ mod tests {
     /// noise; the palette holds a sixth colour one level from a third, its cells drawn at
     /// random from the two. The image cannot tell those two apart, and they merge; the
     /// shades 12 levels apart stay (every colour within 8 levels, the exactness tolerance;
-    /// 4 measured).
+    /// 4 measured). A seventh colour that no cell has leaves the palette with the merge,
+    /// so that no later choice of colours can bring it back untested.
     #[test]
     fn merging_joins_the_colours_the_image_does_not_tell_apart_only() {
         let colours: [[u8; 3]; 5] = [[40, 60, 150], [52, 72, 162], [200, 120, 60], [90, 170, 100], [230, 230, 230]];
@@ -2447,12 +2451,17 @@ mod tests {
                 *i = Some(palette.len() - 1);
             }
         }
+        let stale = [0, 0, 9];
+        palette.push(stale);
         let drawn = RgbaImage::from_fn(16, 16, |x, y| match index[(y * 16 + x) as usize] {
             Some(k) => image::Rgba([palette[k][0], palette[k][1], palette[k][2], 255]),
             None => image::Rgba([0, 0, 0, 0]),
         });
         let merges = fit.merge_unsupported_colours(&drawn, &mut index, &mut palette, crate::decoder::MERGE_PENALTY);
         assert_eq!(merges, 1, "palette {palette:?}");
+        assert_eq!(palette.len(), colours.len(), "palette {palette:?}");
+        assert!(!palette.contains(&stale), "{stale:?} kept in {palette:?}");
+        assert!(index.iter().flatten().all(|&k| k < palette.len()));
         for want in colours {
             assert!(palette.iter().any(|got| got.iter().zip(&want).all(|(g, w)| g.abs_diff(*w) <= 8)), "{want:?} missing from {palette:?}");
         }
