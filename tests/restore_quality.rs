@@ -116,6 +116,19 @@ fn a_two_x_flame_keeps_no_stale_shade() {
     assert!(s.exact, "pixel accuracy {}, palette {:?}", s.pixel_accuracy, restored.palette);
 }
 
+/// A Dungeon Crawl Stone Soup floor (CC0, `tests/fixtures/README.md`) through the `seed`
+/// degradation of its validation pair: 5x bicubic, blur σ 0.78, noise σ 3. One cell on
+/// its left edge draws a shade (43, 57, 27) that no other cell does, 9 levels from its
+/// neighbour's; the first palette clustered the two together, and the merge test, which
+/// only merges, never saw them apart: that cell came out (52, 57, 20). Tested for a
+/// colour of its own, it gets one, and the floor is exact.
+#[test]
+fn a_five_x_floor_keeps_the_shade_of_one_cell() {
+    let (restored, sample) = restored_tuning_pair("dcss_dngn_floor_snake_a0.png", 18204237627651967849, 5.0, 160);
+    let s = score(&restored.image, &sample.target, &MetricOptions::default());
+    assert!(s.exact, "pixel accuracy {}", s.pixel_accuracy);
+}
+
 /// A Dungeon Crawl Stone Soup vine wall (CC0, `tests/fixtures/README.md`), a texture of
 /// stone blocks whose strongest edges recur every 8 cells, through the `seed` degradation
 /// of its tuning pair: 2x bicubic, blur σ 0.45, noise σ 3. Those edges outrank the cells'

@@ -1619,6 +1619,38 @@ impl BlurFit {
         merges
     }
 
+    /// Gives each cell of `candidates`, in turn, a colour of its own where the image shows
+    /// one: with the cell moved to a new colour (every colour refitted), the cheapest merge
+    /// of that colour with another would raise the residual by at least
+    /// [`RARE_COLOUR_PENALTY_PER_CELL`] times the noise, the price at which
+    /// [`BlurFit::merge_unsupported_colours`] keeps a colour of one cell. The first
+    /// palette clusters the fitted cell values, and a shade that only one or two cells
+    /// draw can join a neighbouring shade there and never be tested apart; this is the
+    /// merge test the other way round. Returns the splits made; each new colour is
+    /// appended to `palette` with the colours refitted, and `index` gives it its cell.
+    pub fn split_supported_cells(&self, sprite: &RgbaImage, index: &mut [Option<usize>], palette: &mut Vec<[u8; 3]>, candidates: &[usize]) -> usize {
+        let (cells, noise) = self.cells_and_noise(sprite);
+        let mut splits = 0;
+        for &cell in candidates {
+            let Some(own) = index.get(cell).copied().flatten() else { continue };
+            let mut trial_index = index.to_vec();
+            let mut trial_palette = palette.clone();
+            trial_palette.push(palette[own]);
+            let new_colour = trial_palette.len() - 1;
+            trial_index[cell] = Some(new_colour);
+            let Some(mut system) = Self::palette_system(&self.current.problem, &cells, sprite, &trial_index, &trial_palette) else { continue };
+            let Some(new) = system.used.iter().position(|&k| k == new_colour) else { continue };
+            let Some((cost, _, _)) = system.cheapest_merge(|_, a, b| a == new || b == new) else { continue };
+            if cost < RARE_COLOUR_PENALTY_PER_CELL * noise || !system.refit(&mut trial_palette) {
+                continue;
+            }
+            index.copy_from_slice(&trial_index);
+            *palette = trial_palette;
+            splits += 1;
+        }
+        splits
+    }
+
     /// How well `sprite` (decoded cells, one pixel per cell) explains the image under the
     /// current model: its squared residual summed over every sample and plane, alpha
     /// included, and the image's noise as [`BlurFit::merge_unsupported_colours`] measures
@@ -2465,6 +2497,45 @@ mod tests {
         for want in colours {
             assert!(palette.iter().any(|got| got.iter().zip(&want).all(|(g, w)| g.abs_diff(*w) <= 8)), "{want:?} missing from {palette:?}");
         }
+    }
+
+    /// Four colours upscaled 3x by bicubic with blur and noise, one cell drawn in a fifth
+    /// shade 12 levels from the second; the palette lumps that cell in with the second
+    /// colour. Tested, it gets a colour of its own within 8 levels of its shade, while a
+    /// cell of the second colour tested beside it keeps its colour.
+    #[test]
+    fn a_cell_the_image_shows_apart_gets_its_own_colour() {
+        let colours: [[u8; 3]; 4] = [[40, 60, 150], [200, 120, 60], [90, 170, 100], [230, 230, 230]];
+        let shade = [212, 132, 72];
+        let mut rng = rng_from_seed(5);
+        let mut clean = RgbaImage::from_fn(16, 16, |x, y| {
+            if x == 0 || y == 0 || x == 15 || y == 15 {
+                image::Rgba([0, 0, 0, 0])
+            } else {
+                let [r, g, b] = colours[rng.random_range(0..colours.len())];
+                image::Rgba([r, g, b, 255])
+            }
+        });
+        let (lone, ordinary) = ((7 * 16 + 8) as usize, (9 * 16 + 5) as usize);
+        clean.put_pixel(8, 7, image::Rgba([shade[0], shade[1], shade[2], 255]));
+        clean.put_pixel(5, 9, image::Rgba([200, 120, 60, 255]));
+        let degraded = degrade(&clean, &noisy_bicubic(3.0, 0.6), 5);
+        let grid = true_grid(&degraded);
+        let mut cells = reduce_cells(&degraded.image, &grid);
+        let fit = refine(&degraded.image, &grid, &mut cells, LinePlacement::Refined).expect("a bicubic model");
+        let (mut palette, mut index) = palette_and_index(&clean);
+        let (second, lumped) = (palette.iter().position(|&c| c == colours[1]).unwrap(), palette.iter().position(|&c| c == shade).unwrap());
+        index[lone] = Some(second);
+        palette[lumped] = palette[second];
+        let drawn = RgbaImage::from_fn(16, 16, |x, y| match index[(y * 16 + x) as usize] {
+            Some(k) => image::Rgba([palette[k][0], palette[k][1], palette[k][2], 255]),
+            None => image::Rgba([0, 0, 0, 0]),
+        });
+        let splits = fit.split_supported_cells(&drawn, &mut index, &mut palette, &[ordinary, lone]);
+        assert_eq!(splits, 1, "palette {palette:?}");
+        let own = palette[index[lone].expect("opaque")];
+        assert!(own.iter().zip(&shade).all(|(g, w)| g.abs_diff(*w) <= 8), "{own:?} for {shade:?}");
+        assert_eq!(index[ordinary], Some(second));
     }
 
     /// A 2x bicubic upscale blurred by σ 0.9 whose grid the analysis got a little wrong
