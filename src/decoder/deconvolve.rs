@@ -377,6 +377,12 @@ struct Planes {
     interior: Vec<f32>,
 }
 
+/// Four planes side by side: element `i` holds each plane's `i`-th value.
+fn interleaved<P: AsRef<[f32]>>(planes: &[P]) -> Vec<[f32; 4]> {
+    let [r, g, b, a] = [0, 1, 2, 3].map(|c| planes[c].as_ref());
+    r.iter().zip(g).zip(b).zip(a).map(|(((&r, &g), &b), &a)| [r, g, b, a]).collect()
+}
+
 /// The four premultiplied planes of an image (see [`premultiplied`]).
 fn premultiplied_planes(image: &RgbaImage) -> Vec<Vec<f32>> {
     (0..4).map(|c| image.pixels().map(|p| premultiplied(p.0)[c]).collect()).collect()
@@ -535,12 +541,12 @@ impl Problem {
         out
     }
 
-    /// [`Problem::predict`] of four planes at once, interleaved per pixel: each plane's
-    /// sums add the same terms in the same order as `predict`'s, so the values are the
-    /// same to the bit, with one pass over the weights instead of four.
-    fn predict_interleaved(&self, planes: &[Vec<f32>]) -> Vec<[f32; 4]> {
+    /// [`Problem::predict`] of four planes at once, interleaved per cell and pixel (see
+    /// [`interleaved`]): each plane's sums add the same terms in the same order as
+    /// `predict`'s, so the values are the same to the bit, with one pass over the weights
+    /// instead of four.
+    fn predict_interleaved(&self, cells: &[[f32; 4]]) -> Vec<[f32; 4]> {
         let cols = self.ax.cells;
-        let cells: Vec<[f32; 4]> = (0..planes[0].len()).map(|i| [0, 1, 2, 3].map(|c| planes[c][i])).collect();
         let mut ay_x = vec![[0.0f32; 4]; self.ay.pixel.len() * cols];
         for (iy, out) in ay_x.chunks_exact_mut(cols).enumerate() {
             let (first, w) = self.ay.row(iy);
@@ -747,7 +753,7 @@ impl UpscaleClamp {
     /// `cells`: what the clamp cut off the upscale, before the blur (the same for every
     /// blur); `None` when nothing is clamped.
     fn removed(&self, cells: &[Vec<f32>]) -> Option<Vec<[f32; 4]>> {
-        let upscaled = self.upscale.predict_interleaved(cells);
+        let upscaled = self.upscale.predict_interleaved(&interleaved(cells));
         let mut removed = vec![[0.0f32; 4]; upscaled.len()];
         let mut any = false;
         for (i, &sum) in upscaled.iter().enumerate() {
@@ -902,8 +908,8 @@ fn fit(observations: &Observations, problem: &Problem, prior: &Planes, start: &P
     let interior = &observations.interior;
     let use_interior = interior.iter().filter(|&&v| v > 0.0).count() >= MIN_INTERIOR_SAMPLES;
     let (total, count) = if use_interior {
-        let cells: Vec<Vec<f32>> = fits.iter().map(|f| f.cells.clone()).collect();
-        let predicted = problem.predict_interleaved(&cells);
+        let cells: Vec<&[f32]> = fits.iter().map(|f| f.cells.as_slice()).collect();
+        let predicted = problem.predict_interleaved(&interleaved(&cells));
         fits.iter().enumerate().fold((0.0f64, 0usize), |(total, count), (c, f)| {
             let inside = (0..predicted.len()).filter(|&i| interior[i] > 0.0);
             inside.fold((total, count), |(t, n), i| (t + f64::from((predicted[i][c] - f.completed[i]).powi(2)), n + 1))
@@ -1374,9 +1380,8 @@ impl BlurFit {
         let mut cells: Vec<[f32; 4]> = sprite.pixels().map(|p| premultiplied(p.0)).collect();
         let candidates: Vec<[f32; 4]> = palette.iter().map(|&[r, g, b]| premultiplied([r, g, b, 255])).collect();
         let targets = self.targets(&self.current, sprite);
-        let cell_planes: Vec<Vec<f32>> = (0..4).map(|c| cells.iter().map(|v| v[c]).collect()).collect();
         // The four planes' residuals side by side: each footprint pixel is one load.
-        let mut residual = self.current.problem.predict_interleaved(&cell_planes);
+        let mut residual = self.current.problem.predict_interleaved(&cells);
         for (at, r) in residual.iter_mut().enumerate() {
             for c in 0..4 {
                 r[c] -= targets[c][at];
@@ -2130,7 +2135,7 @@ mod tests {
             let problem = Problem::on_axes(&xl, &taps(&xl), &yl, &taps(&yl), model, (stride, stride));
             let mut rng = rng_from_seed(seed);
             let planes: Vec<Vec<f32>> = (0..4).map(|_| (0..x_widths.len() * y_widths.len()).map(|_| rng.random_range(-1.0..1.0)).collect()).collect();
-            let together = problem.predict_interleaved(&planes);
+            let together = problem.predict_interleaved(&interleaved(&planes));
             for (c, plane) in planes.iter().enumerate() {
                 let alone = problem.predict(plane);
                 prop_assert_eq!(alone.len(), together.len());
