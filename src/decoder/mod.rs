@@ -87,11 +87,12 @@ const FITTED_MERGE_SHARE: f32 = 0.25;
 /// PSNR: 50.6 → 52.0 dB from 150 to 300), so it stays.
 pub(crate) const MERGE_PENALTY: f64 = 150.0;
 /// Most rounds of refining the blur model and merging colours in the palette stage; a
-/// round after the first runs only when the one before merged colours, so every choice
-/// of colours is followed by a merge test (until session 19 a round whose model stayed
-/// ended the stage before its merge test; with the test, 86.8 → 87.2% and 86.8 → 87.2%
-/// on the two tuning sets below, validation unchanged). A shade that absorbs the
-/// model's misfit holds the model where it is: a grid line 0.035 px off on a 2x sprite made the black cells left of a
+/// round after the first runs only when the one before merged colours, and each round
+/// ends with a merge test, so that the colours chosen after a merge are tested too
+/// (until session 19 a round whose model stayed ended the stage before its merge test;
+/// with the test, 86.8 → 87.2% and 86.8 → 87.2% on the two tuning sets below,
+/// validation unchanged). A shade that absorbs the model's misfit holds the model where
+/// it is: a grid line 0.035 px off on a 2x sprite made the black cells left of a
 /// gold outline come out at (10, 7, 2), a colour of their own, and with the line refined
 /// after that shade merged the sprite came out exact. Measured on two tuning sets (val
 /// split, seeds 2 and 3, 258 `seed` pairs each; snap's exact sprites): 1 / 2 / 3 / 4 / 7
