@@ -998,7 +998,8 @@ fn best_step<T: Send>(steps: &[f32], current: f64, min_vertex_move: f64, score: 
 }
 
 /// The grid with its interior lines shifted, per axis, to where the chosen model (with
-/// every cell free) explains the image best, and the fit there. The grid analysis places
+/// every cell free) explains the image best (`None` where no shift explains it better
+/// than the lines as they are), and the fit there. The grid analysis places
 /// lines from edges to a few hundredths of a pixel, and at two or three pixels per cell
 /// that is not enough: on a 2x bicubic wall 0.05 px off, the model's residual was 3.8
 /// times what it is on the drawn lines, the blur chosen 0.5 instead of 0.2 to make up for
@@ -1009,7 +1010,7 @@ fn best_step<T: Send>(steps: &[f32], current: f64, min_vertex_move: f64, score: 
 /// tuning sets 83.3 → 84.1% and 83.3 → 84.5% exact, validation 86.8 → 86.4% (7 sprites
 /// gained, that wall and a 4x demon head at 90% of pixels among them; 8 lost one to a few
 /// pixels), PSNR up on all three; `hard` 1.6 → 2.3%; `seed` median time about 1.18x.
-fn refined_lines(grid: &Grid, (width, height): (u32, u32), best: Fit, selection: &Observations, stride: (u32, u32), prior: &Planes) -> (Grid, Fit) {
+fn refined_lines(grid: &Grid, (width, height): (u32, u32), best: Fit, selection: &Observations, stride: (u32, u32), prior: &Planes) -> (Option<Grid>, Fit) {
     let start_of = |fit: &Fit| Planes { width: prior.width, height: prior.height, planes: fit.cells.clone(), interior: vec![] };
     let fit_on = |grid: &Grid, model: BlurModel, start: &Planes| -> Fit {
         let taps = KernelTaps::new(grid, width as usize, height as usize);
@@ -1051,7 +1052,7 @@ fn refined_lines(grid: &Grid, (width, height): (u32, u32), best: Fit, selection:
             best = better;
         }
     }
-    (grid, best)
+    (moved.then_some(grid), best)
 }
 
 /// Refits the colour and alpha of `cells` (reduced from `img` under `grid`) when the image
@@ -1179,15 +1180,20 @@ pub fn refine(img: &RgbaImage, grid: &Grid, cells: &mut CellColours, placement: 
     }
     let best = fits.into_iter().filter(|f| clamp_of(f.model.kernel).is_none()).chain(clamped).min_by(|a, b| a.residual.total_cmp(&b.residual))?;
     let small_cells = grid.cell_width.min(grid.cell_height) < LINE_REFINEMENT_MAX_CELL;
-    let (grid, best) = match placement {
+    let (moved_grid, best) = match placement {
         LinePlacement::Refined if small_cells => refined_lines(grid, (img.width(), img.height()), best, &selection, selection_stride, &prior),
-        _ => (grid.clone(), best),
+        _ => (None, best),
     };
-    let taps = KernelTaps::new(&grid, img.width() as usize, img.height() as usize);
-    let problem = Problem::new(&taps, best.model, (1, 1));
-    let clamp = UpscaleClamp::new(&taps, best.model.kernel);
+    // The upscale's taps and clamp are built again only for lines that moved.
+    let grid = moved_grid.as_ref().unwrap_or(grid);
+    let moved_taps = moved_grid.as_ref().map(|moved| KernelTaps::new(moved, img.width() as usize, img.height() as usize));
+    let (taps, clamp) = match &moved_taps {
+        Some(moved) => (moved, UpscaleClamp::new(moved, best.model.kernel)),
+        None => (&taps, clamps.into_iter().find(|(k, _)| *k == best.model.kernel).map(|(_, c)| c)),
+    };
+    let problem = Problem::new(taps, best.model, (1, 1));
     let start = Planes { width: cols, height: rows, planes: best.cells, interior: vec![] };
-    let refit = fit_clamped(&Observations::censored(image.sampled(&grid, (1, 1))), &problem, clamp.as_ref(), (1, 1), &prior, &start, CENSORED_REFITS);
+    let refit = fit_clamped(&Observations::censored(image.sampled(grid, (1, 1))), &problem, clamp.as_ref(), (1, 1), &prior, &start, CENSORED_REFITS);
     // The cells' spread stands for their noise (see `cell_noise`): a fitted cell has no
     // interior of its own, so it is the OKLab size of the fit's residual at its colour.
     let noise = refit.residual.sqrt();
