@@ -182,3 +182,22 @@ fn a_four_x_hornet_is_read_as_the_bicubic_upscale_it_is() {
     let s = score(&restored.image, &sample.target, &MetricOptions::default());
     assert!(s.exact, "pixel accuracy {}", s.pixel_accuracy);
 }
+
+/// The same hornet at its true resolution, as a user might pass a sprite that was never
+/// upscaled: before the single-pixel detail test the grid analysis found 9x10 cells of
+/// about 3.5 px in it and snap reduced it to three colours. It is refused with an error that
+/// says why, and restored as given when the user gives the grid (1x1 cells: the sprite
+/// itself, every colour kept).
+#[test]
+fn a_sprite_at_true_resolution_is_refused_unless_the_grid_is_given() {
+    let path = format!("{}/tests/fixtures/dcss_mon_animals_hornet.png", env!("CARGO_MANIFEST_DIR"));
+    let clean = image::open(&path).expect("fixture").to_rgba8();
+    let refused = restore(&clean, &SnapOptions::default()).expect_err("a sprite at true resolution");
+    assert!(matches!(refused, spritedx::grid::GridError::TrueResolution { .. }), "{refused}");
+    assert!(refused.to_string().contains("--cell-size"), "the error says what to do: {refused}");
+    let mut given = SnapOptions::default();
+    given.grid.cell_size = Some((1.0, 1.0));
+    let restored = restore(&clean, &given).expect("the grid was given");
+    let s = score(&restored.image, &clean, &MetricOptions::default());
+    assert!(s.exact, "{:?}: pixel accuracy {}", restored.image.dimensions(), s.pixel_accuracy);
+}

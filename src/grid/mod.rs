@@ -16,8 +16,10 @@
 //! Partial cells at the borders are kept when at least [`MIN_PARTIAL_CELL`] of a cell is
 //! visible. When one axis shows no grid but the other does, cells are taken to be square
 //! and only the phase is searched on the weak axis. When neither does, analysis fails with
-//! [`GridError::NoGrid`] rather than guessing.
+//! [`GridError::NoGrid`] rather than guessing, and so it does, before any of this, when
+//! the image shows it was never upscaled ([`detail`]: [`GridError::TrueResolution`]).
 
+pub mod detail;
 pub mod lines;
 pub mod period;
 pub mod profile;
@@ -92,6 +94,8 @@ pub enum GridError {
     NoGrid { confidence: f32, min: f32 },
     #[error("the image ({width}x{height}) is too small for cells of {min_cell} pixels or more")]
     TooSmall { width: u32, height: u32, min_cell: f32 },
+    #[error("the image looks like pixel art at its true resolution already: {:.1}% of its pixels are single-pixel details, which an upscale by 2 or more cannot draw; there is nothing to restore (give the grid with --cell-size or --grid to restore it anyway)", share * 100.0)]
+    TrueResolution { share: f32 },
     #[error("invalid grid override: {0}")]
     BadOverride(String),
 }
@@ -103,6 +107,12 @@ pub fn analyse(img: &RgbaImage, opts: &GridOptions) -> Result<Grid, GridError> {
         return Err(GridError::TooSmall { width: w, height: h, min_cell: opts.min_cell });
     }
     let fixed = fixed_periods(w, h, opts)?;
+    if fixed.is_none() {
+        let share = detail::single_pixel_detail_share(img);
+        if share > detail::TRUE_RESOLUTION_SHARE {
+            return Err(GridError::TrueResolution { share });
+        }
+    }
     let phase = |axis: usize| opts.offset.map(|o| if axis == 0 { o.0 } else { o.1 });
     let profiles = profile::edge_profiles(img);
     let (mut fx, mut fy) = match fixed {
@@ -134,12 +144,14 @@ pub fn analyse(img: &RgbaImage, opts: &GridOptions) -> Result<Grid, GridError> {
     // Per axis: the regular comb refined (its lines first) and the lines placed one by one.
     let candidates = |profile: &[f32], comb: &CombFit, len: u32| {
         let bordered = |interior| with_borders(interior, len as f32, comb.period);
-        // What the user gave stands.
-        let free = lines::FreeParameters { period: fixed.is_none(), phase: opts.offset.is_none() };
+        // What the user gave stands, and so do cells under the comb's smallest period
+        // (such as 1: the image is its own grid, which no edge can move).
+        let given = opts.offset.is_some() || comb.period < period::MIN_PERIOD;
+        let free = lines::FreeParameters { period: fixed.is_none(), phase: !given };
         let regular = lines::refine_comb(profile, comb, free);
         let regular_lines = bordered(lines::regular_lines(len as f32, &regular));
         // Lines placed one by one follow the edges, not the phase the user gave.
-        let placed_lines = if opts.offset.is_some() { regular_lines.clone() } else { bordered(lines::place_lines(profile, comb)) };
+        let placed_lines = if given { regular_lines.clone() } else { bordered(lines::place_lines(profile, comb)) };
         ([regular_lines, placed_lines], regular)
     };
     let ((x_candidates, regular_x), (y_candidates, regular_y)) = (candidates(&profiles.x, &fx, w), candidates(&profiles.y, &fy, h));
