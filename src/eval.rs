@@ -169,7 +169,7 @@ fn evaluate_pair(
 ) -> Result<(Vec<ImageResult>, Option<SheetRow>)> {
     let degraded = load_rgba(&pairs_dir.join(&rec.degraded))?;
     let clean = load_rgba(&pairs_dir.join(&rec.clean))?;
-    let ctx = RestoreContext { known_grid: Some(&rec.params.grid) };
+    let ctx = RestoreContext { known_grid: Some(&rec.params.grid), target: Some(&clean) };
     let mut results = Vec::with_capacity(restorers.len());
     let mut restored_for_sheet = Vec::new();
     for restorer in restorers {

@@ -490,7 +490,7 @@ fn split_candidates(cells: &CellColours, alpha: &[u8], index: &[Option<usize>], 
 /// per-cell colour drift biases a mean wherever it clips: cells of a black drift up but
 /// never below zero, so their mean comes out grey-ish while their median stays black. The
 /// median of each channel is the same in sRGB and linear light, both being monotonic.
-fn set_to_channel_medians(palette: &mut Palette, samples: &[Oklab], assignment: &[usize]) {
+pub(crate) fn set_to_channel_medians(palette: &mut Palette, samples: &[Oklab], assignment: &[usize]) {
     let mut members: Vec<Vec<[u8; 3]>> = vec![Vec::new(); palette.colours.len()];
     for (&sample, &k) in samples.iter().zip(assignment) {
         members[k].push(oklab_to_srgb8(sample));
