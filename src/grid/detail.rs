@@ -35,54 +35,80 @@ pub fn single_pixel_detail_share(img: &RgbaImage) -> f32 {
     if w == 0 || h == 0 {
         return 0.0;
     }
-    let premultiplied: Vec<[f32; 4]> = img
-        .pixels()
-        .map(|p| {
-            let a = f32::from(p[3]) / 255.0;
-            [f32::from(p[0]) * a, f32::from(p[1]) * a, f32::from(p[2]) * a, f32::from(p[3])]
-        })
-        .collect();
-    let stands_out = |before: &[f32; 4], at: &[f32; 4], after: &[f32; 4]| {
+    // Premultiplied RGBA rounded to whole levels (half a level next to a contrast of 64),
+    // in integers and only where needed: every pixel of the image is tested, and large
+    // images are common.
+    let raw = img.as_raw();
+    let pixel = |i: usize| -> [u8; 4] { [raw[4 * i], raw[4 * i + 1], raw[4 * i + 2], raw[4 * i + 3]] };
+    let premultiplied = |i: usize| -> [i16; 4] {
+        let p = pixel(i);
+        let a = u32::from(p[3]);
+        let times_alpha = |v: u8| ((u32::from(v) * a + 127) / 255) as i16;
+        [times_alpha(p[0]), times_alpha(p[1]), times_alpha(p[2]), a as i16]
+    };
+    let contrast = DETAIL_CONTRAST as i16;
+    // Whether pixel `at` stands out from `before` and `after`. A pixel of the same alpha as
+    // `before` and within the contrast of it in each colour cannot (premultiplying only
+    // shrinks the difference), which settles almost every pixel from the stored bytes.
+    let stands_out = |before: usize, at: usize, after: usize| {
+        let (b, a) = (pixel(before), pixel(at));
+        if a[3] == b[3] && (0..3).all(|c| i16::from(a[c].abs_diff(b[c])) <= contrast) {
+            return false;
+        }
+        let (before, at, after) = (premultiplied(before), premultiplied(at), premultiplied(after));
         (0..4).any(|c| {
             let (up, down) = ((at[c] - before[c]).min(at[c] - after[c]), (before[c] - at[c]).min(after[c] - at[c]));
-            up > DETAIL_CONTRAST || down > DETAIL_CONTRAST
+            up > contrast || down > contrast
         })
     };
-    // Where each pixel stands out: across x, and across y.
+    // Where each pixel stands out: across x, and across y; and the columns and rows that
+    // hold any such pixel (most images have none, and their runs need no look).
     let (mut across_x, mut across_y) = (vec![false; w * h], vec![false; w * h]);
+    let (mut in_column, mut in_row) = (vec![false; w], vec![false; h]);
     for y in 0..h {
         for x in 0..w {
-            let at = &premultiplied[y * w + x];
-            across_x[y * w + x] = x > 0 && x + 1 < w && stands_out(&premultiplied[y * w + x - 1], at, &premultiplied[y * w + x + 1]);
-            across_y[y * w + x] = y > 0 && y + 1 < h && stands_out(&premultiplied[(y - 1) * w + x], at, &premultiplied[(y + 1) * w + x]);
+            let i = y * w + x;
+            if x > 0 && x + 1 < w && stands_out(i - 1, i, i + 1) {
+                across_x[i] = true;
+                in_column[x] = true;
+            }
+            if y > 0 && y + 1 < h && stands_out(i - w, i, i + w) {
+                across_y[i] = true;
+                in_row[y] = true;
+            }
         }
     }
     // Pixels that stand out across x, in runs of one colour down a column shorter than a
     // drawn line; likewise across y along a row. A run takes in every pixel of its colour
     // in turn, standing out or not, so that a line stays one where it crosses another line
-    // or passes cells that it does not stand out from. (A checkerboard's pixels all stand out,
-    // but alternate in colour.)
-    let same_colour = |a: &[f32; 4], b: &[f32; 4]| (0..4).all(|c| (a[c] - b[c]).abs() <= LINE_COLOUR_TOLERANCE);
-    let short_runs = |pixels: &mut dyn Iterator<Item = usize>, flags: &[bool]| -> usize {
-        let (mut counted, mut run, mut flagged, mut previous) = (0, 0, 0, None::<usize>);
-        for i in pixels.map(Some).chain(std::iter::once(None)) {
-            let continues = matches!((i, previous), (Some(i), Some(p)) if same_colour(&premultiplied[i], &premultiplied[p]));
-            if !continues {
+    // or passes cells that it does not stand out from. (A checkerboard's pixels all stand
+    // out, but alternate in colour.)
+    let tolerance = LINE_COLOUR_TOLERANCE as i16;
+    let same_colour = |i: usize, j: usize| {
+        let (a, b) = (premultiplied(i), premultiplied(j));
+        (0..4).all(|c| (a[c] - b[c]).abs() <= tolerance)
+    };
+    // The pixels `start + k * step`, `k < len`.
+    let short_runs = |start: usize, step: usize, len: usize, flags: &[bool]| -> usize {
+        let (mut counted, mut run, mut flagged) = (0, 0, 0);
+        for k in 0..len {
+            let i = start + k * step;
+            if k > 0 && !same_colour(i, i - step) {
                 if run < DRAWN_LINE_RUN {
                     counted += flagged;
                 }
                 (run, flagged) = (0, 0);
             }
-            if let Some(i) = i {
-                run += 1;
-                flagged += usize::from(flags[i]);
-            }
-            previous = i;
+            run += 1;
+            flagged += usize::from(flags[i]);
+        }
+        if run < DRAWN_LINE_RUN {
+            counted += flagged;
         }
         counted
     };
-    let details: usize = (0..w).map(|x| short_runs(&mut (0..h).map(|y| y * w + x), &across_x)).sum::<usize>()
-        + (0..h).map(|y| short_runs(&mut (0..w).map(|x| y * w + x), &across_y)).sum::<usize>();
+    let details: usize = (0..w).filter(|&x| in_column[x]).map(|x| short_runs(x, w, h, &across_x)).sum::<usize>()
+        + (0..h).filter(|&y| in_row[y]).map(|y| short_runs(y * w, 1, w, &across_y)).sum::<usize>();
     details as f32 / (w * h) as f32
 }
 
@@ -102,14 +128,14 @@ mod tests {
     use image::Rgba;
     use proptest::prelude::*;
 
-    /// A sprite of random colours, a quarter of its pixels transparent: at its true
-    /// resolution most of its pixels stand out.
+    /// A sprite of random colours, a quarter of its pixels transparent and an eighth
+    /// translucent: at its true resolution most of its pixels stand out.
     fn random_sprite(seed: u64, w: u32, h: u32) -> RgbaImage {
         let mut state = seed;
         RgbaImage::from_fn(w, h, |_, _| {
             state = crate::rng::splitmix64(state);
             let v = state.to_le_bytes();
-            Rgba([v[0], v[1], v[2], if v[3] < 64 { 0 } else { 255 }])
+            Rgba([v[0], v[1], v[2], match v[3] { 0..64 => 0, 64..96 => v[4], _ => 255 }])
         })
     }
 
@@ -147,6 +173,58 @@ mod tests {
         assert_eq!(single_pixel_detail_share(&screenshot), 0.0);
         screenshot.put_pixel(9, 9, Rgba([0, 0, 0, 255]));
         assert!(single_pixel_detail_share(&screenshot) > 0.0);
+    }
+
+    /// The count written plainly: every pixel premultiplied, tested from its premultiplied
+    /// values alone, and the runs of one colour scanned down every column and along every
+    /// row.
+    fn reference_share(img: &RgbaImage) -> f32 {
+        let (w, h) = (img.width() as i64, img.height() as i64);
+        let at = |x: i64, y: i64| -> [i64; 4] {
+            let p = img.get_pixel(x as u32, y as u32);
+            let a = i64::from(p[3]);
+            [0, 1, 2].map(|c| (i64::from(p[c]) * a + 127) / 255).into_iter().chain([a]).collect::<Vec<_>>().try_into().unwrap()
+        };
+        let contrast = DETAIL_CONTRAST as i64;
+        let out = |b: [i64; 4], p: [i64; 4], n: [i64; 4]| (0..4).any(|c| (p[c] - b[c]).min(p[c] - n[c]) > contrast || (b[c] - p[c]).min(n[c] - p[c]) > contrast);
+        let flag_x = |x: i64, y: i64| x > 0 && x + 1 < w && out(at(x - 1, y), at(x, y), at(x + 1, y));
+        let flag_y = |x: i64, y: i64| y > 0 && y + 1 < h && out(at(x, y - 1), at(x, y), at(x, y + 1));
+        let same = |a: [i64; 4], b: [i64; 4]| (0..4).all(|c| (a[c] - b[c]).abs() <= LINE_COLOUR_TOLERANCE as i64);
+        let mut details = 0;
+        let mut scan = |points: Vec<(i64, i64)>, flag: &dyn Fn(i64, i64) -> bool| {
+            let mut runs: Vec<Vec<(i64, i64)>> = Vec::new();
+            for (k, &(x, y)) in points.iter().enumerate() {
+                if k == 0 || !same(at(x, y), at(points[k - 1].0, points[k - 1].1)) {
+                    runs.push(Vec::new());
+                }
+                runs.last_mut().unwrap().push((x, y));
+            }
+            details += runs.iter().filter(|r| r.len() < DRAWN_LINE_RUN).flatten().filter(|&&(x, y)| flag(x, y)).count();
+        };
+        for x in 0..w {
+            scan((0..h).map(|y| (x, y)).collect(), &flag_x);
+        }
+        for y in 0..h {
+            scan((0..w).map(|x| (x, y)).collect(), &flag_y);
+        }
+        details as f32 / (w * h) as f32
+    }
+
+    proptest! {
+        /// The share as written plainly ([`reference_share`]), to the bit, on sprites of
+        /// random colours and alphas drawn as blocks, lines and single pixels.
+        #[test]
+        fn the_share_is_what_the_plain_count_gives(seed in any::<u64>(), w in 1u32..24, h in 1u32..24, block in 1u32..4) {
+            let sprite = random_sprite(seed, w.div_ceil(block), h.div_ceil(block));
+            let mut img = RgbaImage::from_fn(w, h, |x, y| *sprite.get_pixel(x / block, y / block));
+            // A line of one colour down a column, long enough to be taken as drawn.
+            if w > 2 {
+                for y in 0..h {
+                    img.put_pixel(w / 2, y, Rgba([255, 255, 255, 255]));
+                }
+            }
+            prop_assert_eq!(single_pixel_detail_share(&img), reference_share(&img));
+        }
     }
 
     /// A checkerboard of black and white at true resolution: every interior pixel stands
