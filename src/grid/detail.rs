@@ -61,23 +61,21 @@ pub fn single_pixel_detail_share(img: &RgbaImage) -> f32 {
             up > contrast || down > contrast
         })
     };
-    // Where each pixel stands out: across x, and across y; and the columns and rows that
-    // hold any such pixel (most images have none, and their runs need no look).
-    let (mut across_x, mut across_y) = (vec![false; w * h], vec![false; w * h]);
-    let (mut in_column, mut in_row) = (vec![false; w], vec![false; h]);
+    // Where pixels stand out: across x as (column, row), across y as (row, column), each
+    // sorted (most images have none or a few, and only their lines need a look below).
+    let (mut across_x, mut across_y): (Vec<(usize, usize)>, Vec<(usize, usize)>) = (Vec::new(), Vec::new());
     for y in 0..h {
         for x in 0..w {
             let i = y * w + x;
             if x > 0 && x + 1 < w && stands_out(i - 1, i, i + 1) {
-                across_x[i] = true;
-                in_column[x] = true;
+                across_x.push((x, y));
             }
             if y > 0 && y + 1 < h && stands_out(i - w, i, i + w) {
-                across_y[i] = true;
-                in_row[y] = true;
+                across_y.push((y, x));
             }
         }
     }
+    across_x.sort_unstable();
     // Pixels that stand out across x, in runs of one colour down a column shorter than a
     // drawn line; likewise across y along a row. A run takes in every pixel of its colour
     // in turn, standing out or not, so that a line stays one where it crosses another line
@@ -88,27 +86,34 @@ pub fn single_pixel_detail_share(img: &RgbaImage) -> f32 {
         let (a, b) = (premultiplied(i), premultiplied(j));
         (0..4).all(|c| (a[c] - b[c]).abs() <= tolerance)
     };
-    // The pixels `start + k * step`, `k < len`.
-    let short_runs = |start: usize, step: usize, len: usize, flags: &[bool]| -> usize {
-        let (mut counted, mut run, mut flagged) = (0, 0, 0);
+    // The pixels `start + k * step`, `k < len`, of which those at the increasing positions
+    // `flagged` (values of k) stand out.
+    let short_runs = |start: usize, step: usize, len: usize, flagged: &mut dyn Iterator<Item = usize>| -> usize {
+        let mut flagged = flagged.peekable();
+        let (mut counted, mut run, mut in_run) = (0, 0, 0);
         for k in 0..len {
             let i = start + k * step;
             if k > 0 && !same_colour(i, i - step) {
                 if run < DRAWN_LINE_RUN {
-                    counted += flagged;
+                    counted += in_run;
                 }
-                (run, flagged) = (0, 0);
+                (run, in_run) = (0, 0);
             }
             run += 1;
-            flagged += usize::from(flags[i]);
+            if flagged.next_if_eq(&k).is_some() {
+                in_run += 1;
+            }
         }
         if run < DRAWN_LINE_RUN {
-            counted += flagged;
+            counted += in_run;
         }
         counted
     };
-    let details: usize = (0..w).filter(|&x| in_column[x]).map(|x| short_runs(x, w, h, &across_x)).sum::<usize>()
-        + (0..h).filter(|&y| in_row[y]).map(|y| short_runs(y * w, 1, w, &across_y)).sum::<usize>();
+    // Each line's flagged positions, from pairs (line, position) sorted by line.
+    let per_line = |pairs: &[(usize, usize)], start_of: &dyn Fn(usize) -> usize, step: usize, len: usize| -> usize {
+        pairs.chunk_by(|a, b| a.0 == b.0).map(|line| short_runs(start_of(line[0].0), step, len, &mut line.iter().map(|&(_, k)| k))).sum()
+    };
+    let details = per_line(&across_x, &|x| x, w, h) + per_line(&across_y, &|y| y * w, 1, w);
     details as f32 / (w * h) as f32
 }
 
