@@ -78,11 +78,16 @@ fn seed_and_ai_grids_are_found() {
     assert!(ai_exact >= 11.0 / 24.0, "ai exact {ai_exact}");
 }
 
+/// A sprite of `tests/fixtures` (see its README).
+fn fixture_sprite(name: &str) -> RgbaImage {
+    let path = format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"));
+    image::open(&path).expect("fixture").to_rgba8()
+}
+
 /// A fixture sprite through the `seed` degradation its tuning pair drew (`seed`), checked
 /// against that pair's scale and width, and snap's restoration of it (a grid must be found).
 fn restored_tuning_pair(fixture: &str, seed: u64, scale: f32, width: u32) -> (spritedx::snap::Restored, spritedx::degrade::Degraded) {
-    let path = format!("{}/tests/fixtures/{fixture}", env!("CARGO_MANIFEST_DIR"));
-    let clean = image::open(&path).expect("fixture").to_rgba8();
+    let clean = fixture_sprite(fixture);
     let sample = degrade(&clean, &Preset::Seed.config(), seed);
     assert_eq!((sample.params.grid.scale_x, sample.image.width()), (scale, width), "the tuning pair's degradation");
     let restored = restore(&sample.image, &SnapOptions::default()).expect("a grid");
@@ -190,8 +195,7 @@ fn a_four_x_hornet_is_read_as_the_bicubic_upscale_it_is() {
 /// itself, every colour kept).
 #[test]
 fn a_sprite_at_true_resolution_is_refused_unless_the_grid_is_given() {
-    let path = format!("{}/tests/fixtures/dcss_mon_animals_hornet.png", env!("CARGO_MANIFEST_DIR"));
-    let clean = image::open(&path).expect("fixture").to_rgba8();
+    let clean = fixture_sprite("dcss_mon_animals_hornet.png");
     let refused = restore(&clean, &SnapOptions::default()).expect_err("a sprite at true resolution");
     assert!(matches!(refused, spritedx::grid::GridError::TrueResolution { .. }), "{refused}");
     assert!(refused.to_string().contains("--cell-size"), "the error says what to do: {refused}");

@@ -383,6 +383,13 @@ fn interleaved<P: AsRef<[f32]>>(planes: &[P]) -> Vec<[f32; 4]> {
     r.iter().zip(g).zip(b).zip(a).map(|(((&r, &g), &b), &a)| [r, g, b, a]).collect()
 }
 
+/// `sum += weight * value`, plane by plane, for four planes side by side.
+fn add_weighted(sum: &mut [f32; 4], weight: f32, value: &[f32; 4]) {
+    for c in 0..4 {
+        sum[c] += weight * value[c];
+    }
+}
+
 /// The four premultiplied planes of an image (see [`premultiplied`]).
 fn premultiplied_planes(image: &RgbaImage) -> Vec<Vec<f32>> {
     (0..4).map(|c| image.pixels().map(|p| premultiplied(p.0)[c]).collect()).collect()
@@ -552,9 +559,7 @@ impl Problem {
             let (first, w) = self.ay.row(iy);
             for (k, &wv) in w.iter().enumerate() {
                 for (o, v) in out.iter_mut().zip(&cells[(first + k) * cols..]) {
-                    for c in 0..4 {
-                        o[c] += wv * v[c];
-                    }
+                    add_weighted(o, wv, v);
                 }
             }
         }
@@ -564,9 +569,7 @@ impl Problem {
                 let (first, w) = self.ax.row(ix);
                 let mut sum = [0.0f32; 4];
                 for (v, &wv) in row[first..first + w.len()].iter().zip(w) {
-                    for c in 0..4 {
-                        sum[c] += v[c] * wv;
-                    }
+                    add_weighted(&mut sum, wv, v);
                 }
                 sum
             }));
@@ -791,29 +794,23 @@ impl UpscaleClamp {
             for (o, &x) in out.iter_mut().zip(&kept_x) {
                 if x >= radius && x + radius < width {
                     for (&g, v) in blur.iter().zip(&row[x - radius..]) {
-                        for c in 0..4 {
-                            o[c] += g * v[c];
-                        }
+                        add_weighted(o, g, v);
                     }
                 } else {
                     for (t, &g) in blur.iter().enumerate() {
-                        let v = row[tap(x, t, width)];
-                        for c in 0..4 {
-                            o[c] += g * v[c];
-                        }
+                        add_weighted(o, g, &row[tap(x, t, width)]);
                     }
                 }
             }
         }
         let mut out = vec![vec![0.0f32; kept_y.len() * columns]; 4];
+        let mut sums = vec![[0.0f32; 4]; columns];
         for (j, &y) in kept_y.iter().enumerate() {
-            let mut sums = vec![[0.0f32; 4]; columns];
+            sums.fill([0.0; 4]);
             for (t, &g) in blur.iter().enumerate() {
                 let source = &across[tap(y, t, height) * columns..][..columns];
                 for (o, v) in sums.iter_mut().zip(source) {
-                    for c in 0..4 {
-                        o[c] += g * v[c];
-                    }
+                    add_weighted(o, g, v);
                 }
             }
             for (c, plane) in out.iter_mut().enumerate() {
