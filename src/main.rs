@@ -106,9 +106,10 @@ struct EvalArgs {
     /// Largest per-channel difference (0-255) for a pixel to count as right.
     #[arg(long, default_value_t = MetricOptions::default().exact_tolerance)]
     tolerance: u8,
-    /// Tensors of a fine-tuning run applied to the learned models (fast, diffusion, model:DIR).
+    /// Tensors of a fine-tuning run applied to the learned models (fast, diffusion,
+    /// model:DIR); repeat for several (a fast model's adapter goes to a diffusion model's base).
     #[arg(long, value_name = "FILE.safetensors")]
-    adapter: Option<PathBuf>,
+    adapter: Vec<PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -183,7 +184,7 @@ fn run_degrade(args: DegradeArgs) -> Result<ExitCode> {
 }
 
 fn run_eval(args: EvalArgs) -> Result<ExitCode> {
-    let restorers = args.model.iter().map(|m| restorer_by_name(m, args.adapter.as_deref())).collect::<Result<Vec<_>>>()?;
+    let restorers = args.model.iter().map(|m| restorer_by_name(m, &args.adapter)).collect::<Result<Vec<_>>>()?;
     let opts = EvalOptions {
         metrics: MetricOptions { exact_tolerance: args.tolerance, ..MetricOptions::default() },
         jobs: args.jobs,

@@ -26,6 +26,7 @@ use crate::stablesr::unet::{UNet, UNetConfig};
 use crate::tiling::{map_tiles, Tiling};
 use crate::train::losses::{sprite_losses, BatchLoss, LossWeights};
 use anyhow::{bail, Context};
+use std::collections::HashMap;
 use candle_core::{DType, Device, Result, Tensor, D};
 use candle_nn::VarBuilder;
 use image::RgbaImage;
@@ -678,19 +679,24 @@ pub struct LoadedPixelRestorer {
 }
 
 impl LoadedPixelRestorer {
-    /// Loads `dir` (`config.json` + `model.safetensors`); `adapter` is a file of tensors
-    /// (from a fine-tuning run) that replace the same-named ones.
-    pub fn load(dir: &std::path::Path, adapter: Option<&std::path::Path>) -> anyhow::Result<Self> {
+    /// Loads `dir` (`config.json` + `model.safetensors`); each of `adapters` is a file of
+    /// tensors (from a fine-tuning run) that replace the same-named ones, in order. A fast
+    /// model's adapter given to a diffusion model replaces the tensors of its base (see
+    /// [`adapter_prefix`]), so a style learned by the fast model reaches the diffusion
+    /// model's base prediction too.
+    pub fn load(dir: &std::path::Path, adapters: &[std::path::PathBuf]) -> anyhow::Result<Self> {
         let (config, mut tensors) = crate::train::run::load_model_dir(dir)
             .with_context(|| format!("loading the model in {} (train one with `spritedx train`)", dir.display()))?;
-        if let Some(path) = adapter {
+        for path in adapters {
             let (adapter_tensors, _) = crate::train::checkpoint::load(path, &Device::Cpu)?;
+            let prefix = adapter_prefix(&adapter_tensors, &tensors);
             for (name, t) in adapter_tensors {
+                let name = format!("{prefix}{name}");
                 match tensors.get(&name) {
-                    Some(base) if base.dims() == t.dims() => {
+                    Some(own) if own.dims() == t.dims() => {
                         tensors.insert(name, t);
                     }
-                    Some(base) => bail!("adapter tensor {name} has shape {:?}, the model's {:?}", t.dims(), base.dims()),
+                    Some(own) => bail!("adapter tensor {name} has shape {:?}, the model's {:?}", t.dims(), own.dims()),
                     None => bail!("adapter {} has {name}, which the model in {} lacks: was it trained from this model?", path.display(), dir.display()),
                 }
             }
@@ -716,6 +722,18 @@ impl LoadedPixelRestorer {
     /// the decoder's palette and alpha stage with the options' settings.
     pub fn restore(&self, image: &RgbaImage, opts: &crate::snap::SnapOptions) -> anyhow::Result<crate::snap::Restored> {
         restore_image(&self.model, &self.config, image, opts, self.seed)
+    }
+}
+
+/// Where the tensors of `adapter` go in a model whose tensors are `model`: under `base.` when the model lacks some of them but its base (a residual
+/// diffusion model's frozen fast model) has them all, as for a fast model's adapter (its
+/// head exists only in the base); otherwise under their own names.
+pub fn adapter_prefix(adapter: &HashMap<String, Tensor>, model: &HashMap<String, Tensor>) -> &'static str {
+    let fits_the_model = adapter.keys().all(|name| model.contains_key(name));
+    if !fits_the_model && adapter.keys().all(|name| model.contains_key(&format!("base.{name}"))) {
+        "base."
+    } else {
+        ""
     }
 }
 

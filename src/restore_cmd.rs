@@ -55,9 +55,10 @@ pub struct RestoreArgs {
     #[arg(long)]
     tile_overlap: Option<usize>,
     /// Tensors from a fine-tuning run (`spritedx train --train adapter`) that replace the
-    /// model's own.
+    /// model's own; repeat for several (a diffusion model's own adapter and its base fast
+    /// model's: a fast model's adapter goes to the diffusion model's base).
     #[arg(long, value_name = "FILE.safetensors")]
-    adapter: Option<PathBuf>,
+    adapter: Vec<PathBuf>,
     /// Diffusion sampler steps (default: the model's).
     #[arg(long)]
     steps: Option<usize>,
@@ -161,7 +162,7 @@ impl Engine {
     fn new(args: &RestoreArgs, opts: &SnapOptions) -> Result<Self> {
         let kind = match args.model.as_str() {
             "snap" => {
-                if args.weights.is_some() || args.adapter.is_some() {
+                if args.weights.is_some() || !args.adapter.is_empty() {
                     bail!("--weights and --adapter are for the learned models (--model fast, diffusion or stablesr)");
                 }
                 return Ok(Engine::Snap);
@@ -171,7 +172,7 @@ impl Engine {
             _ => return Self::stablesr(args, opts),
         };
         let dir = args.weights.as_ref().map(PathBuf::from).unwrap_or_else(|| default_model_dir(kind));
-        let mut model = LoadedPixelRestorer::load(&dir, args.adapter.as_deref())?;
+        let mut model = LoadedPixelRestorer::load(&dir, &args.adapter)?;
         if model.config.kind != kind {
             bail!("{} holds a {:?} model, not a {kind:?} one", dir.display(), model.config.kind);
         }
@@ -183,7 +184,7 @@ impl Engine {
     }
 
     fn stablesr(args: &RestoreArgs, opts: &SnapOptions) -> Result<Self> {
-        if args.adapter.is_some() {
+        if !args.adapter.is_empty() {
             bail!("--adapter is for our own models; StableSR takes its weights whole with --weights");
         }
         let device = parse_device(&args.device)?;

@@ -32,11 +32,11 @@ pub trait Restorer: Send + Sync {
 pub const RESTORER_NAMES: &[&str] = &["snap", "fast", "diffusion", "nearest-downscale", "oracle-clusters"];
 
 /// Builds a restorer from its `--model` name: `fast` and `diffusion` load the shipped
-/// models ([`default_model_dir`]); `adapter` (tensors of a fine-tuning run) applies to the
-/// learned ones.
-pub fn restorer_by_name(name: &str, adapter: Option<&std::path::Path>) -> Result<Box<dyn Restorer>> {
+/// models ([`default_model_dir`]); `adapters` (tensors of fine-tuning runs, see
+/// [`LoadedPixelRestorer::load`]) apply to the learned ones.
+pub fn restorer_by_name(name: &str, adapters: &[std::path::PathBuf]) -> Result<Box<dyn Restorer>> {
     let learned = |label: &str, dir: &std::path::Path| -> Result<Box<dyn Restorer>> {
-        Ok(Box::new(Learned { name: label.to_string(), model: LoadedPixelRestorer::load(dir, adapter)?, options: SnapOptions::default() }))
+        Ok(Box::new(Learned { name: label.to_string(), model: LoadedPixelRestorer::load(dir, adapters)?, options: SnapOptions::default() }))
     };
     match name {
         "snap" => Ok(Box::new(Snap(SnapOptions::default()))),

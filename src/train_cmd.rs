@@ -103,6 +103,10 @@ pub struct TrainArgs {
 }
 
 pub fn run(args: TrainArgs) -> Result<ExitCode> {
+    // Checked before training rather than after it.
+    if args.adapter_out.as_ref().is_some_and(|a| a.extension().is_none_or(|e| e != "safetensors")) {
+        bail!("--adapter-out must end in .safetensors");
+    }
     let cfg = match &args.config {
         Some(path) => serde_json::from_slice(&std::fs::read(path).with_context(|| format!("reading {}", path.display()))?)
             .with_context(|| format!("{} is not a training config", path.display()))?,
@@ -128,11 +132,8 @@ pub fn run(args: TrainArgs) -> Result<ExitCode> {
         args.out.join("model").display()
     );
     if let Some(adapter) = &args.adapter_out {
-        if adapter.extension().is_none_or(|e| e != "safetensors") {
-            bail!("--adapter-out must end in .safetensors");
-        }
-        std::fs::copy(args.out.join("model/model.safetensors"), adapter)
-            .with_context(|| format!("writing {}", adapter.display()))?;
+        let tensors = std::fs::read(args.out.join("model/model.safetensors")).context("reading the trained tensors")?;
+        spritedx::io::write_atomic(adapter, &tensors).with_context(|| format!("writing {}", adapter.display()))?;
         eprintln!("adapter tensors in {}", adapter.display());
     }
     Ok(ExitCode::SUCCESS)

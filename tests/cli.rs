@@ -159,6 +159,13 @@ fn bad_arguments_fail_with_a_clear_message() {
     let o = spritedx(&["eval", "--pairs", ".", "--model", "no-such-model"]);
     assert!(!o.status.success());
     assert!(text(&o).contains("unknown model"), "{}", text(&o));
+    // A wrong adapter file name is refused before any training, not after it.
+    let tmp = tempfile::tempdir().unwrap();
+    let run = tmp.path().join("run");
+    let o = spritedx(&["train", "--model", "fast", "--out", run.to_str().unwrap(), "--data", "/nonexistent/sprites", "--adapter-out", "style.bin"]);
+    assert!(!o.status.success());
+    assert!(text(&o).contains("--adapter-out must end in .safetensors"), "{}", text(&o));
+    assert!(!run.exists(), "a run was started");
 }
 
 #[test]

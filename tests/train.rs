@@ -234,8 +234,49 @@ fn fine_tuning_trains_and_saves_only_the_adapter() {
     assert_eq!(image::open(&out).unwrap().to_rgba8().dimensions(), (16, 16));
     let fast = tmp.path().join("fast");
     train(&tiny_run(ModelKind::Fast, &data, 1), &fast, &mut |_, _| {}).unwrap();
-    let err = LoadedPixelRestorer::load(&fast.join("model"), Some(&tuned.join("model/model.safetensors"))).err().expect("a diffusion adapter does not fit a fast model");
+    let err = LoadedPixelRestorer::load(&fast.join("model"), &[tuned.join("model/model.safetensors")]).err().expect("a diffusion adapter does not fit a fast model");
     assert!(format!("{err:#}").contains("adapter"), "{err:#}");
+}
+
+#[test]
+fn a_fast_models_adapter_reaches_a_diffusion_models_base() {
+    let (tmp, data) = temp_sprites();
+    let fast = tmp.path().join("fast");
+    train(&tiny_run(ModelKind::Fast, &data, 1), &fast, &mut |_, _| {}).unwrap();
+    let (fast_cfg, _) = spritedx::train::run::load_model_dir(&fast.join("model")).unwrap();
+    let mut residual = tiny_run(ModelKind::Diffusion, &data, 1);
+    residual.model = residual.model.clone().with_base(fast_cfg).unwrap();
+    residual.base = Some(fast.join("model"));
+    let diffusion = tmp.path().join("diffusion");
+    train(&residual, &diffusion, &mut |_, _| {}).unwrap();
+    // The fast model fine-tuned on a style: its adapter holds its head, which the
+    // diffusion model has only in its base.
+    let mut tune = tiny_run(ModelKind::Fast, &data, 2);
+    tune.init = Some(fast.join("model"));
+    tune.train = TrainPart::Adapter;
+    tune.selection.only_categories = vec!["gui".into()];
+    let tuned = tmp.path().join("tuned");
+    train(&tune, &tuned, &mut |_, _| {}).unwrap();
+    let adapter = tuned.join("model/model.safetensors");
+
+    let input = candle_core::Tensor::randn(0f32, 1.0, (1, 16, 8, 8), &candle_core::Device::Cpu).unwrap();
+    let values = |t: candle_core::Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let tuned_fast = LoadedPixelRestorer::load(&fast.join("model"), std::slice::from_ref(&adapter)).unwrap();
+    let expected = values(tuned_fast.model.predict(&input, &[0]).unwrap());
+    let base_of = |adapters: &[std::path::PathBuf]| {
+        let model = LoadedPixelRestorer::load(&diffusion.join("model"), adapters).unwrap();
+        values(model.model.base_prediction(&input).unwrap().expect("a base"))
+    };
+    assert!(base_of(&[]) != expected, "the adapter changed nothing to test");
+    assert!(base_of(std::slice::from_ref(&adapter)) == expected, "the base did not take the fast model's adapter");
+    // With the diffusion model's own adapter beside it, each goes where it belongs.
+    let mut own = tiny_run(ModelKind::Diffusion, &data, 1);
+    own.model = residual.model.clone();
+    own.init = Some(diffusion.join("model"));
+    own.train = TrainPart::Adapter;
+    let own_dir = tmp.path().join("own");
+    train(&own, &own_dir, &mut |_, _| {}).unwrap();
+    assert!(base_of(&[own_dir.join("model/model.safetensors"), adapter]) == expected);
 }
 
 #[test]
@@ -290,7 +331,7 @@ fn trained_models_restore_at_true_resolution_and_repeat() {
     for kind in [ModelKind::Fast, ModelKind::Diffusion] {
         let run = tmp.path().join(format!("{kind:?}"));
         train(&tiny_run(kind, &data, 1), &run, &mut |_, _| {}).unwrap();
-        let model = LoadedPixelRestorer::load(&run.join("model"), None).unwrap();
+        let model = LoadedPixelRestorer::load(&run.join("model"), &[]).unwrap();
         let sprite = image::open(data.join("dcss_mon_00.png")).unwrap().to_rgba8();
         // 13x13 cells at 3 px: not a multiple of the networks' size step, so padding is used.
         let crop = imageops::crop_imm(&sprite, 0, 0, 13, 13).to_image();
@@ -346,7 +387,7 @@ fn a_residual_diffusion_model_keeps_its_base_frozen_and_starts_from_its_encoder(
     assert!(start_gap <= 1.5 * lr, "{name} did not start from the base: {start_gap} after one step of lr {lr}");
 
     // It restores at true resolution through the CLI's loader.
-    let model = LoadedPixelRestorer::load(&run.join("model"), None).unwrap();
+    let model = LoadedPixelRestorer::load(&run.join("model"), &[]).unwrap();
     assert_eq!(model.config.base.as_deref(), Some(&base_cfg));
     let sprite = image::open(data.join("dcss_mon_00.png")).unwrap().to_rgba8();
     let big = imageops::resize(&sprite, 48, 48, imageops::FilterType::Nearest);
@@ -398,7 +439,7 @@ fn several_samples_per_input_are_averaged() {
     let (tmp, data) = temp_sprites();
     let run = tmp.path().join("run");
     train(&tiny_run(ModelKind::Diffusion, &data, 1), &run, &mut |_, _| {}).unwrap();
-    let mut model = LoadedPixelRestorer::load(&run.join("model"), None).unwrap();
+    let mut model = LoadedPixelRestorer::load(&run.join("model"), &[]).unwrap();
     let PixelRestorer::Diffusion(diffusion) = &mut model.model else { panic!("a diffusion model") };
     let input = candle_core::Tensor::randn(0f32, 1.0, (1, 16, 8, 8), &candle_core::Device::Cpu).unwrap();
     let mut sampling = model.config.sampling.clone();
@@ -450,7 +491,7 @@ fn fitted_cells_are_the_fast_models_anchor_and_train_end_to_end() {
     let sprite = image::open(data.join("dcss_mon_00.png")).unwrap().to_rgba8();
     let big = imageops::resize(&sprite, 48, 48, imageops::FilterType::CatmullRom);
     for dir in [&fast, &refined] {
-        let model = LoadedPixelRestorer::load(&dir.join("model"), None).unwrap();
+        let model = LoadedPixelRestorer::load(&dir.join("model"), &[]).unwrap();
         assert!(model.config.fitted_cells);
         assert_eq!(model.restore(&big, &Default::default()).unwrap().image.dimensions(), (16, 16), "{}", dir.display());
     }
