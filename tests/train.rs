@@ -276,7 +276,9 @@ fn a_fast_models_adapter_reaches_a_diffusion_models_base() {
     own.train = TrainPart::Adapter;
     let own_dir = tmp.path().join("own");
     train(&own, &own_dir, &mut |_, _| {}).unwrap();
-    assert!(base_of(&[own_dir.join("model/model.safetensors"), adapter]) == expected);
+    let own_adapter = own_dir.join("model/model.safetensors");
+    assert!(base_of(std::slice::from_ref(&own_adapter)) == base_of(&[]), "the diffusion model's own adapter reached its base");
+    assert!(base_of(&[own_adapter, adapter]) == expected);
 }
 
 #[test]
