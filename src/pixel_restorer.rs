@@ -729,7 +729,7 @@ impl LoadedPixelRestorer {
 /// when the model lacks some of them but its base (a residual diffusion model's frozen fast
 /// model) has them all, as for a fast model's adapter (its head exists only in the base);
 /// otherwise under their own names.
-pub fn adapter_prefix(adapter: &HashMap<String, Tensor>, model: &HashMap<String, Tensor>) -> &'static str {
+fn adapter_prefix(adapter: &HashMap<String, Tensor>, model: &HashMap<String, Tensor>) -> &'static str {
     let fits_the_model = adapter.keys().all(|name| model.contains_key(name));
     if !fits_the_model && adapter.keys().all(|name| model.contains_key(&format!("base.{name}"))) {
         "base."

@@ -2,7 +2,6 @@
 
 use crate::decoder::{reduce_cells, set_to_channel_medians};
 use crate::degrade::GridTruth;
-use crate::grid::Grid;
 use crate::palette::Palette;
 use crate::pixel_restorer::{default_model_dir, LoadedPixelRestorer, ModelKind};
 use crate::snap::{restore, SnapOptions};
@@ -117,19 +116,10 @@ impl Restorer for OracleClusters {
         if target.dimensions() != (truth.cols, truth.rows) {
             bail!("the clean sprite is {:?}, the true grid {}x{} cells", target.dimensions(), truth.cols, truth.rows);
         }
-        // The true lines, with the cells cut by the image's borders ending there.
-        let clamp = |lines: &[f32], len: u32| lines.iter().map(|&l| l.clamp(0.0, len as f32)).collect();
-        let grid = Grid {
-            x_lines: clamp(&truth.x_lines, image.width()),
-            y_lines: clamp(&truth.y_lines, image.height()),
-            cell_width: truth.scale_x,
-            cell_height: truth.scale_y,
-            phase_x: truth.offset_x.rem_euclid(truth.scale_x),
-            phase_y: truth.offset_y.rem_euclid(truth.scale_y),
-            confidence_x: 1.0,
-            confidence_y: 1.0,
-        };
-        let cells = reduce_cells(image, &grid);
+        if image.dimensions() != (truth.width, truth.height) {
+            bail!("the image is {:?}, the true grid's {}x{} pixels", image.dimensions(), truth.width, truth.height);
+        }
+        let cells = reduce_cells(image, &truth.to_grid());
         let mut palette = Palette { colours: Vec::new() };
         let (mut samples, mut assignment) = (Vec::new(), Vec::new());
         let mut group_of = vec![None; target.pixels().len()];

@@ -140,7 +140,7 @@ pub fn line_placement(opts: &GridOptions) -> LinePlacement {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::decoder::deconvolve::test_grids::{noisy_bicubic, shifted_grid, true_grid};
+    use crate::decoder::deconvolve::test_grids::{noisy_bicubic, shifted_grid};
     use crate::degrade::{degrade, DegradeConfig, Kernel};
     use crate::rng::rng_from_seed;
     use rand::Rng;
@@ -167,7 +167,7 @@ mod tests {
                 ..DegradeConfig::default()
             };
             let degraded = degrade(&clean, &cfg, 3);
-            let grid = shifted_grid(&true_grid(&degraded), 0.15, 0.15);
+            let grid = shifted_grid(&degraded.params.grid.to_grid(), 0.15, 0.15);
             let mut cells = reduce_cells(&degraded.image, &grid);
             let fit = deconvolve::refine(&degraded.image, &grid, &mut cells, LinePlacement::Refined);
             assert!(fit.is_some(), "scale {scale}: a bicubic image gets a blur model");
@@ -189,7 +189,7 @@ mod tests {
             _ => image::Rgba([0, 0, 0, 0]),
         });
         let degraded = degrade(&clean, &noisy_bicubic(3.0, 0.5), 5);
-        let grid = true_grid(&degraded);
+        let grid = degraded.params.grid.to_grid();
         let mut cells = reduce_cells(&degraded.image, &grid);
         let fit = deconvolve::refine(&degraded.image, &grid, &mut cells, LinePlacement::Refined);
         let restore_with = |alpha| {
@@ -228,7 +228,7 @@ mod tests {
         assert_eq!(clean.get_pixel(6, 7).0, [120, 60, 40, 255], "the highlight sits in the first shade");
         for seed in 0..4 {
             let degraded = degrade(&clean, &noisy_bicubic(3.0, 0.9), seed);
-            let grid = true_grid(&degraded);
+            let grid = degraded.params.grid.to_grid();
             let mut cells = reduce_cells(&degraded.image, &grid);
             let fit = deconvolve::refine(&degraded.image, &grid, &mut cells, LinePlacement::Refined);
             let restored = finish(&cells, &SnapOptions::default(), grid, fit).image;
@@ -252,7 +252,7 @@ mod tests {
             image::Rgba([r, g, b, 255])
         });
         let degraded = degrade(&clean, &noisy_bicubic(3.0, 0.6), 7);
-        let grid = true_grid(&degraded);
+        let grid = degraded.params.grid.to_grid();
         let mut fitted = reduce_cells(&degraded.image, &grid);
         let fit = deconvolve::refine(&degraded.image, &grid, &mut fitted, LinePlacement::Refined).expect("a bicubic model");
         let mut grey = fitted.clone();

@@ -1989,7 +1989,7 @@ fn solve_symmetric(a: &mut [f64], b: &mut [[f64; 3]], m: usize) -> Option<Vec<[f
 /// Grids for the tests of this module and of [`crate::snap`].
 #[cfg(test)]
 pub(crate) mod test_grids {
-    use crate::degrade::{DegradeConfig, Degraded, Kernel};
+    use crate::degrade::{DegradeConfig, Kernel};
     use crate::grid::Grid;
 
     /// A bicubic upscale by `scale`, blurred by `blur`, with noise of σ 3 (the `seed`
@@ -2006,22 +2006,6 @@ pub(crate) mod test_grids {
         }
     }
 
-    /// The grid the degradation drew, with its outer lines on the image borders.
-    pub(crate) fn true_grid(d: &Degraded) -> Grid {
-        let g = &d.params.grid;
-        let clamp = |lines: &[f32], len: u32| lines.iter().map(|&l| l.clamp(0.0, len as f32)).collect::<Vec<_>>();
-        Grid {
-            x_lines: clamp(&g.x_lines, g.width),
-            y_lines: clamp(&g.y_lines, g.height),
-            cell_width: g.scale_x,
-            cell_height: g.scale_y,
-            phase_x: 0.0,
-            phase_y: 0.0,
-            confidence_x: 1.0,
-            confidence_y: 1.0,
-        }
-    }
-
     /// `grid` with its interior lines moved by `dx` and `dy` screen pixels.
     pub(crate) fn shifted_grid(grid: &Grid, dx: f32, dy: f32) -> Grid {
         let shift = |lines: &[f32], by: f32| lines.iter().enumerate().map(|(i, &l)| if i == 0 || i + 1 == lines.len() { l } else { l + by }).collect();
@@ -2031,7 +2015,7 @@ pub(crate) mod test_grids {
 
 #[cfg(test)]
 mod tests {
-    use super::test_grids::{noisy_bicubic, shifted_grid, true_grid};
+    use super::test_grids::{noisy_bicubic, shifted_grid};
     use super::*;
     use crate::colour::oklab_to_srgb8;
     use crate::decoder::reduce_cells;
@@ -2200,7 +2184,7 @@ mod tests {
         for (i, &(scale, blur)) in [(2.0, 0.0), (4.0, 0.0), (3.0, 0.5), (5.0, 0.8), (2.0, 0.6), (4.0, 1.0)].iter().enumerate() {
             let clean = sprite(12, 10, i as u64);
             let degraded = upscale(&clean, Kernel::Bicubic, scale, blur, i as u64);
-            let grid = true_grid(&degraded);
+            let grid = degraded.params.grid.to_grid();
             let mut cells = reduce_cells(&degraded.image, &grid);
             let robust = cells.clone();
             let model = refine(&degraded.image, &grid, &mut cells, LinePlacement::Refined).expect("a bicubic model").model;
@@ -2238,7 +2222,7 @@ mod tests {
             image::Rgba([v, v / 2 + 40, 120, 255])
         });
         let degraded = degrade(&clean, &noisy_bicubic(2.0, 0.6), 4);
-        let grid = true_grid(&degraded);
+        let grid = degraded.params.grid.to_grid();
         let mut cells = reduce_cells(&degraded.image, &grid);
         let mut fitted = refine(&degraded.image, &grid, &mut cells, LinePlacement::Refined).expect("a bicubic model");
         let palette: Vec<[u8; 3]> = {
@@ -2270,7 +2254,7 @@ mod tests {
                 ..DegradeConfig::default()
             };
             let degraded = degrade(&clean, &cfg, i as u64);
-            let grid = true_grid(&degraded);
+            let grid = degraded.params.grid.to_grid();
             let mut cells = reduce_cells(&degraded.image, &grid);
             let robust = cells.clone();
             assert!(refine(&degraded.image, &grid, &mut cells, LinePlacement::Refined).is_none(), "soft edge {soft}");
@@ -2292,7 +2276,7 @@ mod tests {
             image::Rgba([r, g, b, 255])
         });
         let degraded = upscale(&clean, Kernel::Bicubic, 3.0, 0.5, 1);
-        let grid = true_grid(&degraded);
+        let grid = degraded.params.grid.to_grid();
         let mut cells = reduce_cells(&degraded.image, &grid);
         let fitted = refine(&degraded.image, &grid, &mut cells, LinePlacement::Refined).expect("a bicubic model");
         let mut colours: Vec<[u8; 3]> = palette.iter().map(|c| c.map(|v| v - 20)).collect();
@@ -2316,7 +2300,7 @@ mod tests {
         for (scale, sprite_seed) in [(2.0f32, 100), (3.0, 101)] {
             let clean = sprite(16, 16, sprite_seed);
             let degraded = degrade(&clean, &noisy_bicubic(scale, 0.6), sprite_seed - 100);
-            let grid = true_grid(&degraded);
+            let grid = degraded.params.grid.to_grid();
             let mut cells = reduce_cells(&degraded.image, &grid);
             let mut fitted = refine(&degraded.image, &grid, &mut cells, LinePlacement::Refined).expect("a bicubic model");
             let decoded = crate::decoder::decode_fitted(&cells, &crate::decoder::DecodeOptions::default(), Some(&mut fitted));
@@ -2343,7 +2327,7 @@ mod tests {
             image::Rgba([v, v, v, 255])
         });
         let degraded = upscale(&clean, Kernel::Bicubic, 3.0, 0.5, 2);
-        let grid = true_grid(&degraded);
+        let grid = degraded.params.grid.to_grid();
         let mut cells = reduce_cells(&degraded.image, &grid);
         let fitted = refine(&degraded.image, &grid, &mut cells, LinePlacement::Refined).expect("a bicubic model");
         assert_eq!(fitted.model, model(Kernel::Bicubic, 0.5));
@@ -2395,7 +2379,7 @@ mod tests {
     fn the_cheapest_merge_costs_what_merging_and_refitting_costs() {
         let clean = sprite(12, 12, 5);
         let degraded = degrade(&clean, &noisy_bicubic(3.0, 0.5), 5);
-        let grid = true_grid(&degraded);
+        let grid = degraded.params.grid.to_grid();
         let mut cells = reduce_cells(&degraded.image, &grid);
         let fit = refine(&degraded.image, &grid, &mut cells, LinePlacement::Refined).expect("a bicubic model");
         let (colours, index) = palette_and_index(&clean);
@@ -2451,7 +2435,7 @@ mod tests {
             }
         });
         let degraded = degrade(&clean, &noisy_bicubic(3.0, 0.5), 11);
-        let grid = true_grid(&degraded);
+        let grid = degraded.params.grid.to_grid();
         let mut cells = reduce_cells(&degraded.image, &grid);
         let fit = refine(&degraded.image, &grid, &mut cells, LinePlacement::Refined).expect("a bicubic model");
         let noise = (3.0f64 / 255.0).powi(2);
@@ -2480,7 +2464,7 @@ mod tests {
             }
         });
         let degraded = degrade(&clean, &noisy_bicubic(3.0, 0.6), 8);
-        let grid = true_grid(&degraded);
+        let grid = degraded.params.grid.to_grid();
         let mut cells = reduce_cells(&degraded.image, &grid);
         let fit = refine(&degraded.image, &grid, &mut cells, LinePlacement::Refined).expect("a bicubic model");
         let (mut palette, mut index) = palette_and_index(&clean);
@@ -2528,7 +2512,7 @@ mod tests {
         clean.put_pixel(8, 7, image::Rgba([shade[0], shade[1], shade[2], 255]));
         clean.put_pixel(5, 9, image::Rgba([200, 120, 60, 255]));
         let degraded = degrade(&clean, &noisy_bicubic(3.0, 0.6), 5);
-        let grid = true_grid(&degraded);
+        let grid = degraded.params.grid.to_grid();
         let mut cells = reduce_cells(&degraded.image, &grid);
         let fit = refine(&degraded.image, &grid, &mut cells, LinePlacement::Refined).expect("a bicubic model");
         let (mut palette, mut index) = palette_and_index(&clean);
@@ -2555,7 +2539,7 @@ mod tests {
         let clean = sprite(16, 16, 7);
         let cfg = DegradeConfig { phase_probability: 1.0, phase: [0.07, 0.07], ..noisy_bicubic(2.0, 0.9) };
         let degraded = degrade(&clean, &cfg, 3);
-        let truth = true_grid(&degraded);
+        let truth = degraded.params.grid.to_grid();
         let grid = shifted_grid(&truth, 0.15, -0.12);
         let mut cells = reduce_cells(&degraded.image, &grid);
         let mut fit = refine(&degraded.image, &grid, &mut cells, LinePlacement::Refined).expect("a bicubic model");
@@ -2576,7 +2560,7 @@ mod tests {
         let clean = sprite(16, 16, 7);
         let cfg = DegradeConfig { phase_probability: 1.0, phase: [0.07, 0.07], ..noisy_bicubic(2.0, 0.9) };
         let degraded = degrade(&clean, &cfg, 3);
-        let grid = shifted_grid(&true_grid(&degraded), 0.15, -0.12);
+        let grid = shifted_grid(&degraded.params.grid.to_grid(), 0.15, -0.12);
         let wrong_pixels = |fix_lines: bool| {
             let mut cells = reduce_cells(&degraded.image, &grid);
             let placement = if fix_lines { LinePlacement::AsGiven } else { LinePlacement::Refined };
@@ -2598,7 +2582,7 @@ mod tests {
     fn the_model_choice_moves_lines_to_the_drawn_ones() {
         let clean = sprite(16, 16, 11);
         let degraded = degrade(&clean, &noisy_bicubic(2.0, 0.3), 5);
-        let truth = true_grid(&degraded);
+        let truth = degraded.params.grid.to_grid();
         let grid = shifted_grid(&truth, 0.06, -0.05);
         let lines_of = |placement: LinePlacement| {
             let mut cells = reduce_cells(&degraded.image, &grid);

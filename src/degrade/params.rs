@@ -46,6 +46,22 @@ pub struct GridTruth {
 }
 
 impl GridTruth {
+    /// The true grid as the decoder takes one: the cell boundaries (before wobble) clamped to
+    /// the image, so that cells cut by its borders end there, and the phase of the offset.
+    pub fn to_grid(&self) -> crate::grid::Grid {
+        let clamp = |lines: &[f32], len: u32| lines.iter().map(|&l| l.clamp(0.0, len as f32)).collect();
+        crate::grid::Grid {
+            x_lines: clamp(&self.x_lines, self.width),
+            y_lines: clamp(&self.y_lines, self.height),
+            cell_width: self.scale_x,
+            cell_height: self.scale_y,
+            phase_x: self.offset_x.rem_euclid(self.scale_x),
+            phase_y: self.offset_y.rem_euclid(self.scale_y),
+            confidence_x: 1.0,
+            confidence_y: 1.0,
+        }
+    }
+
     /// Screen coordinates of the centre of art pixel (`col`, `row`), before wobble.
     /// Panics if the cell is outside the grid.
     pub fn cell_centre(&self, col: u32, row: u32) -> (f32, f32) {
