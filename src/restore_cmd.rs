@@ -71,13 +71,13 @@ pub struct RestoreArgs {
     /// Write a JSON report: per image the grid, confidence, palette, time or error.
     #[arg(long, value_name = "FILE.json")]
     report: Option<PathBuf>,
-    /// Known cell size in screen pixels: W or WxH (fractions allowed).
+    /// Known cell size in screen pixels: W or WxH (fractions allowed); the lines' phase is still fitted (give --offset to fix it).
     #[arg(long, value_name = "W[xH]", value_parser = parse_cell_size)]
     cell_size: Option<(f32, f32)>,
-    /// Known number of cells: COLSxROWS.
+    /// Known number of cells: COLSxROWS; the lines' phase is still fitted (give --offset to fix it).
     #[arg(long, value_name = "COLSxROWS", value_parser = parse_cells, conflicts_with = "cell_size")]
     grid: Option<(u32, u32)>,
-    /// Known grid phase: screen position X,Y of a grid line.
+    /// Known grid phase: screen position X,Y of a grid line; the lines stay where it puts them.
     #[arg(long, value_name = "X,Y", value_parser = parse_offset)]
     offset: Option<(f32, f32)>,
     /// Use at most N colours.
