@@ -144,6 +144,15 @@ mod tests {
     use crate::rng::rng_from_seed;
     use rand::Rng;
 
+    /// A `size` x `size` opaque sprite whose every pixel draws one of `colours`.
+    fn random_sprite(size: u32, colours: &[[u8; 3]], seed: u64) -> RgbaImage {
+        let mut rng = rng_from_seed(seed);
+        RgbaImage::from_fn(size, size, |_, _| {
+            let [r, g, b] = colours[rng.random_range(0..colours.len())];
+            image::Rgba([r, g, b, 255])
+        })
+    }
+
     /// A 12x12 sprite of random colours upscaled by bicubic `scale` with blur, decoded
     /// through [`finish`] on a grid whose interior lines are 0.15 px off the drawn ones:
     /// small cells go through the palette stage, which moves the lines back (the result
@@ -151,12 +160,7 @@ mod tests {
     /// report the blur model that was fitted.
     #[test]
     fn the_palette_stage_runs_for_small_cells_only() {
-        let mut rng = rng_from_seed(3);
-        let colours: [[u8; 3]; 4] = [[40, 60, 150], [200, 120, 60], [90, 170, 100], [230, 230, 230]];
-        let clean = RgbaImage::from_fn(12, 12, |_, _| {
-            let [r, g, b] = colours[rng.random_range(0..colours.len())];
-            image::Rgba([r, g, b, 255])
-        });
+        let clean = random_sprite(12, &[[40, 60, 150], [200, 120, 60], [90, 170, 100], [230, 230, 230]], 3);
         for (scale, moves) in [(3.0f32, true), (PALETTE_STAGE_MAX_CELL + 1.0, false)] {
             let cfg = DegradeConfig {
                 scale: [scale, scale],
@@ -244,12 +248,8 @@ mod tests {
     /// whichever comes first, and the winner is what [`finish`] makes of it.
     #[test]
     fn the_cells_that_explain_the_image_best_win() {
-        let mut rng = rng_from_seed(7);
         let colours: [[u8; 3]; 5] = [[30, 30, 40], [200, 60, 50], [90, 170, 100], [240, 220, 120], [70, 90, 200]];
-        let clean = RgbaImage::from_fn(12, 12, |_, _| {
-            let [r, g, b] = colours[rng.random_range(0..colours.len())];
-            image::Rgba([r, g, b, 255])
-        });
+        let clean = random_sprite(12, &colours, 7);
         let degraded = degrade(&clean, &noisy_bicubic(3.0, 0.6), 7);
         let grid = degraded.params.grid.to_grid();
         let mut fitted = reduce_cells(&degraded.image, &grid);
@@ -278,12 +278,7 @@ mod tests {
     /// phase given at 0 the lines stay there and some pixels do not.
     #[test]
     fn a_given_cell_size_leaves_the_phase_to_the_blur_model() {
-        let mut rng = rng_from_seed(5);
-        let colours: [[u8; 3]; 4] = [[40, 60, 150], [200, 120, 60], [90, 170, 100], [230, 230, 230]];
-        let clean = RgbaImage::from_fn(16, 16, |_, _| {
-            let [r, g, b] = colours[rng.random_range(0..colours.len())];
-            image::Rgba([r, g, b, 255])
-        });
+        let clean = random_sprite(16, &[[40, 60, 150], [200, 120, 60], [90, 170, 100], [230, 230, 230]], 5);
         let cfg = DegradeConfig { phase_probability: 1.0, phase: [0.1, 0.1], ..noisy_bicubic(2.0, 0.6) };
         let degraded = degrade(&clean, &cfg, 2);
         let drawn = degraded.params.grid.to_grid();
